@@ -1,0 +1,3 @@
+from lit_unlearn.cli import main
+
+main()

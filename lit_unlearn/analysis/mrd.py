@@ -1,0 +1,531 @@
+"""Memory Removal Difficulty (MRD): how hard each forget sample is to unlearn.
+
+Paper: "A Neuro-Inspired Interpretation of Unlearning in LLMs through Sample-Level Unlearning
+Difficulty" (Definition 3.1, Theorem 3.2, Algorithm 1). With P_t(θ) = log p(y_t | y_<t; θ) over the
+labelled (answer) tokens of a sample and δ_k ~ N(0, σ²I) a perturbation of *all* parameters,
+
+    Δ_k = Σ_t (P_t(θ) − P_t(θ + δ_k)) / P_t(θ)             (token normalisation, the paper's)
+    Δ_k = (Σ_t P_t(θ) − Σ_t P_t(θ + δ_k)) / Σ_t P_t(θ)      (``normalization="sequence"``)
+
+and |P_t| is floored at ``p_floor`` in the division. **Smaller MRD = harder to unlearn.**
+
+Three estimators:
+
+``"mean_abs"`` (default, Algorithm 1, paper parity): (1/K) Σ_k |Δ_k|.
+    To first order Δ_k ≈ −g·δ_k with g = ∇_θ Σ_t P_t / P_t, and E|g·δ| = √(2/π)·σ·‖g‖, so this is
+    a *gradient-norm* score: mean_abs ≈ √(2/π)·σ·‖Σ_t ∇P_t / P_t‖.
+``"abs_mean"`` (Definition 3.1): |(1/K) Σ_k Δ_k|.
+    E[Δ] = −½σ² Σ_t tr(H_t)/P_t + O(σ⁴) with H_t = ∇²P_t, Theorem 3.2's Hessian-trace quantity.
+    A plain Monte-Carlo mean is hopeless here: each Δ_k carries a first-order term of size
+    ~σ‖g‖ that is zero only *on average*, and it dwarfs ½σ²tr(H) by a factor ~1/σ. Antithetic
+    pairs (δ, −δ) cancel every odd-order term exactly, so the pair mean is ½(Δ(δ) + Δ(−δ)) =
+    −½ δᵀAδ + O(σ⁴) with A = Σ_t H_t/P_t: unbiased, with relative noise √(2·tr(A²))/|tr(A)| per
+    pair (small when A has many same-sign eigenvalues). Antithetic pairs are therefore on by
+    default for this estimator (``num_samples`` must be even). At σ = 1e-5 the value (~1e-7 on a
+    tiny Llama) sits near the fp32 rounding of P_t (~5e-7 absolute), so it needs large K.
+``"analytic"``: √(2/π)·σ·‖∇_θ Σ_t P_t / sg(P_t)‖ (sg = stop-gradient), one backward per sample.
+    It is the exact K → ∞ limit of ``mean_abs`` as σ → 0. It departs from Monte Carlo only when σ
+    is large enough that second-order terms (½σ²tr H, and ‖H‖σ² against ‖g‖σ) matter, e.g. the
+    σ = 1 of the paper's appendix sensitivity study; at the default σ = 1e-5 the two agree up to
+    Monte-Carlo noise (and fp32 rounding of P_t, which is ~1e-7 relative).
+
+Implementation notes:
+
+* One δ_k per forward pass, shared by the whole batch: K forward passes per batch, not per sample.
+* Common random numbers: δ_k of a parameter is drawn from a ``torch.Generator`` seeded with a hash
+  of (seed, k, parameter name), so it is the same for every batch, epoch, rank and parameter
+  iteration order; tied parameters (one ``Parameter`` object) get one δ. The noise is drawn on the
+  parameter's device, so CPU and CUDA runs use different (equally valid) δ_k.
+* Perturbation without a model copy: forward pre/post hooks swap ``param.data`` to θ + δ_k only
+  during the forward of the module that owns it, then put the *original tensor object* back. The
+  original storage is never written to, so restoration is bit-exact (also after an exception), and
+  the extra memory is one module's weights.
+* Numerics: σ = 1e-5 is far below bf16/fp16 resolution (a bf16 weight of size 0.02 has a spacing of
+  ~1e-4), so low-precision models raise unless ``allow_low_precision=True`` or ``upcast=True`` (runs
+  an fp32 copy of the model: costs a full fp32 model copy in memory). The forward runs with TF32
+  off and autocast disabled; log-softmax is fp32 (:func:`tokens.token_logprobs`). The global RNG
+  state is left as it was (δ_k come from private generators; the DataLoader's draw is undone).
+* Distributed: when ``torch.distributed`` is initialised every rank scores the batches of its
+  (sharded) dataloader and the (index, score) pairs are all-gathered, so all ranks return the same
+  vector.
+
+Not supported yet: DeepSpeed ZeRO-3 partitioned parameters (``param.data`` is an empty shard).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lit_unlearn.functional import tokens
+
+ESTIMATORS = ("mean_abs", "abs_mean", "analytic")
+NORMALIZATIONS = ("token", "sequence")
+
+LogprobFn = Callable[[nn.Module, Mapping[str, Any]], "tuple[Tensor, Tensor]"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-token log-probabilities and the relative change Δ
+# --------------------------------------------------------------------------------------------------
+
+
+def causal_lm_logprobs(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Default ``logprob_fn``: P_t = log p(y_t | y_<t) of a Hugging Face causal LM's labelled tokens.
+
+    Returns ``logp`` ``(B, T-1)`` float32 and ``mask`` ``(B, T-1)`` bool (see ``tokens.token_logprobs``).
+    """
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return tokens.token_logprobs(out.logits, batch["labels"])  # (B, T-1), (B, T-1)
+
+
+def _floored(x: Tensor, p_floor: float) -> Tensor:
+    """x with |x| floored at p_floor, keeping its sign (0 counts as negative: log-probs are ≤ 0)."""
+    sign = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+    return sign * x.abs().clamp_min(p_floor)
+
+
+def relative_change(
+    logp: Tensor,
+    logp_perturbed: Tensor,
+    mask: Tensor,
+    normalization: str = "token",
+    p_floor: float = 1e-6,
+) -> Tensor:
+    """Δ per sample: ``(B, T-1)`` log-probs at θ and θ+δ -> ``(B,)`` float64.
+
+    token:    Δ = Σ_t (P_t(θ) − P_t(θ+δ)) / P_t(θ)       (MRD paper, Algorithm 1 lines 7-12)
+    sequence: Δ = (Σ_t P_t(θ) − Σ_t P_t(θ+δ)) / Σ_t P_t(θ)
+    with every denominator's magnitude floored at ``p_floor``.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    mask = mask.to(torch.float64)
+    p0, p1 = logp.to(torch.float64), logp_perturbed.to(torch.float64)  # (B, T-1)
+    if normalization == "token":
+        return ((p0 - p1) / _floored(p0, p_floor) * mask).sum(dim=-1)  # (B,)
+    s0, s1 = (p0 * mask).sum(dim=-1), (p1 * mask).sum(dim=-1)  # (B,)
+    return (s0 - s1) / _floored(s0, p_floor)
+
+
+# --------------------------------------------------------------------------------------------------
+# Perturbations δ_k with common random numbers, applied by hooks
+# --------------------------------------------------------------------------------------------------
+
+
+def _stream_seed(seed: int, draw: int, name: str) -> int:
+    """A 63-bit generator seed from (seed, draw, parameter name); stable across processes."""
+    digest = hashlib.blake2b(f"{seed}/{draw}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def perturbation(
+    name: str,
+    shape: torch.Size | tuple[int, ...],
+    k: int,
+    *,
+    sigma: float,
+    seed: int = 0,
+    antithetic: bool = False,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """δ_k for the parameter called ``name``: σ·ε, ε ~ N(0, I) float32 from its own seeded Generator.
+
+    With ``antithetic=True`` perturbations come in pairs: δ_{2j} = σ·ε_j and δ_{2j+1} = −σ·ε_j.
+    The result depends only on (name, shape, k, sigma, seed, antithetic, device type).
+    """
+    draw, sign = (k // 2, -1.0 if k % 2 else 1.0) if antithetic else (k, 1.0)
+    device = torch.device(device if device is not None else "cpu")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(_stream_seed(seed, draw, name))
+    eps = torch.randn(tuple(shape), generator=gen, device=device, dtype=torch.float32)
+    return eps.mul_(sign * sigma)
+
+
+class ParameterPerturbation:
+    """Hooks that make each module see θ + δ_k for its own parameters during its forward.
+
+    Usage::
+
+        with ParameterPerturbation(model, sigma=1e-5) as perturb:
+            with perturb.draw(k):
+                out = model(**inputs)       # computed at θ + δ_k
+            out = model(**inputs)           # computed at θ (hooks are idle outside draw())
+
+    Naive equivalent (what this avoids: a full copy and a restore by copy)::
+
+        saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for n, p in model.named_parameters(): p.data += perturbation(n, p.shape, k, sigma=sigma)
+        out = model(**inputs)
+        for n, p in model.named_parameters(): p.data.copy_(saved[n])
+    """
+
+    def __init__(self, model: nn.Module, sigma: float, seed: int = 0, antithetic: bool = False):
+        self.model, self.sigma, self.seed, self.antithetic = model, sigma, seed, antithetic
+        # named_parameters() lists a tied Parameter once, under its first name: one δ per object.
+        self.names = {id(p): name for name, p in model.named_parameters()}
+        self._k: int | None = None
+        self._active: dict[int, list] = {}  # id(param) -> [param, original data, nesting depth]
+        self._handles: list = []
+        self._touched: set[int] = set()
+        self._coverage_checked = False
+
+    def __enter__(self) -> "ParameterPerturbation":
+        for module in self.model.modules():
+            if next(module.parameters(recurse=False), None) is None:
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore_all()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @contextmanager
+    def draw(self, k: int) -> Iterator[None]:
+        """Within this block the model's forward runs at θ + δ_k."""
+        if not self._handles:
+            raise RuntimeError("ParameterPerturbation.draw() must be used inside `with ParameterPerturbation(...)`")
+        self._k, self._touched = k, set()
+        try:
+            yield
+            self._check_coverage()
+        finally:
+            self._k = None
+            self._restore_all()
+
+    def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        if self._k is None:
+            return
+        for p in module.parameters(recurse=False):
+            entry = self._active.get(id(p))
+            if entry is not None:  # a tied parameter already perturbed by an enclosing module
+                entry[2] += 1
+                continue
+            original = p.data
+            noise = perturbation(self.names[id(p)], p.shape, self._k, sigma=self.sigma, seed=self.seed,
+                                 antithetic=self.antithetic, device=p.device)
+            work = torch.promote_types(original.dtype, torch.float32)
+            p.data = (original.to(work) + noise.to(work)).to(original.dtype)  # new tensor, original untouched
+            self._active[id(p)] = [p, original, 1]
+            self._touched.add(id(p))
+
+    def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        for p in module.parameters(recurse=False):
+            entry = self._active.get(id(p))
+            if entry is None:
+                continue
+            entry[2] -= 1
+            if entry[2] == 0:
+                p.data = entry[1]  # the original tensor object: bit-exact
+                del self._active[id(p)]
+
+    def _restore_all(self) -> None:
+        for p, original, _ in self._active.values():
+            p.data = original
+        self._active.clear()
+
+    def _check_coverage(self) -> None:
+        """Warn once if some parameters were never perturbed (used outside their module's forward)."""
+        if self._coverage_checked:
+            return
+        self._coverage_checked = True
+        missed = [name for pid, name in self.names.items() if pid not in self._touched]
+        if missed:
+            warnings.warn(
+                f"MRD: {len(missed)} parameter(s) were not perturbed because their module's forward was "
+                f"not called (unused, or read directly by another module): {missed[:5]}...",
+                stacklevel=3,
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup helpers: input validation, numerics, modes
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_args(sigma: float, num_samples: int, estimator: str, antithetic: bool, normalization: str,
+                p_floor: float) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive finite float, got {sigma!r}")
+    if not (isinstance(p_floor, (int, float)) and math.isfinite(p_floor) and p_floor > 0):
+        raise ValueError(f"p_floor must be a positive finite float, got {p_floor!r}")
+    if estimator != "analytic":
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        if antithetic and num_samples % 2:
+            raise ValueError(f"antithetic pairs need an even num_samples, got {num_samples}")
+
+
+def _check_precision(model: nn.Module, allow_low_precision: bool, upcast: bool) -> nn.Module:
+    """Return the model to score: itself, or an fp32 copy when ``upcast``; refuse bf16/fp16 otherwise."""
+    params = list(model.parameters())
+    if not params:
+        raise ValueError("MRD: the model has no parameters to perturb")
+    if any(hasattr(p, "ds_id") for p in params):
+        raise NotImplementedError("MRD does not support DeepSpeed ZeRO-3 partitioned parameters yet; "
+                                  "score a gathered (ZeRO-0/1/2 or consolidated) model")
+    low = sorted({str(p.dtype) for p in params if p.dtype in (torch.float16, torch.bfloat16)})
+    if not low:
+        return model
+    if upcast:
+        return copy.deepcopy(model).float()  # costs one full fp32 model copy
+    if allow_low_precision:
+        return model
+    raise ValueError(
+        f"MRD: the model holds {low} parameters. sigma=1e-5 is far below the resolution of these "
+        "formats (bf16 spacing near 0.02 is ~1e-4), so most weights would not move at all. Pass "
+        "upcast=True to score an fp32 copy (one full fp32 model in memory), load the model in "
+        "float32, or allow_low_precision=True if you know what you are doing."
+    )
+
+
+@contextmanager
+def _fp32_numerics(device_type: str) -> Iterator[None]:
+    """TF32 / reduced-precision fp32 matmuls off, autocast off; every setting restored afterwards."""
+    saved: list[tuple[Any, str, Any]] = []
+    leaves = ["cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn"]
+    try:
+        for path in leaves:
+            backend = torch.backends
+            for part in path.split("."):
+                backend = getattr(backend, part, None)
+            if backend is not None and hasattr(backend, "fp32_precision"):
+                saved.append((backend, "fp32_precision", backend.fp32_precision))
+                backend.fp32_precision = "ieee"
+        if not saved:  # older torch: the legacy flags
+            for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):
+                saved.append((backend, "allow_tf32", backend.allow_tf32))
+                backend.allow_tf32 = False
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        for backend, attr, value in reversed(saved):
+            setattr(backend, attr, value)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """model.eval() for the block; restores every submodule's own training flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    def move(v: Tensor) -> Tensor:
+        return v.clone().to(device) if v.is_inference() else v.to(device)  # inference tensors can't enter autograd
+
+    return {k: move(v) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _dist_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring one batch
+# --------------------------------------------------------------------------------------------------
+
+
+def _monte_carlo_deltas(model: nn.Module, batch: Mapping[str, Any], perturb: ParameterPerturbation,
+                        logprob_fn: LogprobFn, num_samples: int, normalization: str, p_floor: float) -> Tensor:
+    """Δ_k for every sample of the batch: ``(K, B)`` float64, one forward pass per k."""
+    logp, mask = logprob_fn(model, batch)  # (B, T-1) at θ
+    deltas = []
+    for k in range(num_samples):
+        with perturb.draw(k):
+            logp_k, _ = logprob_fn(model, batch)  # (B, T-1) at θ + δ_k
+        deltas.append(relative_change(logp, logp_k, mask, normalization, p_floor))  # (B,)
+    return torch.stack(deltas)  # (K, B)
+
+
+def _analytic_scores(model: nn.Module, batch: Mapping[str, Any], params: list[nn.Parameter],
+                     logprob_fn: LogprobFn, sigma: float, normalization: str, p_floor: float) -> Tensor:
+    """√(2/π)·σ·‖∇_θ Σ_t P_t / sg(P_t)‖ per sample (one forward + backward each): ``(B,)`` float64."""
+    batch_size = batch["index"].shape[0]
+    scores = []
+    for b in range(batch_size):
+        sample = {k: v[b:b + 1] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+        logp, mask = logprob_fn(model, sample)  # (1, T-1)
+        if normalization == "token":
+            objective = (logp / _floored(logp.detach(), p_floor) * mask).sum()
+        else:
+            total = (logp * mask).sum()
+            objective = total / _floored(total.detach(), p_floor)
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        sq_norm = sum(g.double().pow(2).sum() for g in grads if g is not None)
+        scores.append(math.sqrt(2.0 / math.pi) * sigma * torch.as_tensor(sq_norm, dtype=torch.float64).sqrt())
+    return torch.stack(scores).cpu()  # (B,)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gathering across ranks
+# --------------------------------------------------------------------------------------------------
+
+
+def _all_gather_pairs(indices: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Concatenate every rank's (index, score) pairs, in rank order."""
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    world = dist.get_world_size()
+    count = torch.tensor([indices.numel()], device=device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    width = int(max(c.item() for c in counts))
+    idx = torch.full((width,), -1, dtype=torch.long, device=device)
+    val = torch.zeros(width, dtype=torch.float64, device=device)
+    idx[: indices.numel()], val[: scores.numel()] = indices.to(device), scores.to(device)
+    all_idx, all_val = [torch.empty_like(idx) for _ in range(world)], [torch.empty_like(val) for _ in range(world)]
+    dist.all_gather(all_idx, idx)
+    dist.all_gather(all_val, val)
+    idx, val = torch.cat(all_idx).cpu(), torch.cat(all_val).cpu()
+    keep = idx >= 0
+    return idx[keep], val[keep]
+
+
+def _scatter_first(indices: Tensor, values: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """out[i] = the first value listed for index i (a sampler's padding repeats samples); and coverage."""
+    if indices.numel() and (indices.min() < 0 or indices.max() >= size):
+        raise ValueError(f"MRD: batch 'index' values must lie in [0, {size}), got min {int(indices.min())}, "
+                         f"max {int(indices.max())}")
+    order = torch.argsort(indices, stable=True)
+    idx, val = indices[order], values[order]
+    first = torch.ones_like(idx, dtype=torch.bool)
+    first[1:] = idx[1:] != idx[:-1]
+    out = torch.zeros(size, dtype=torch.float64)
+    covered = torch.zeros(size, dtype=torch.bool)
+    out[idx[first]] = val[first]
+    covered[idx[first]] = True
+    return out, covered
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def mrd_scores(
+    model: nn.Module,
+    dataloader: torch.utils.data.DataLoader,
+    sigma: float = 1e-5,
+    num_samples: int = 100,
+    estimator: str = "mean_abs",
+    antithetic: bool | None = None,
+    seed: int = 0,
+    normalization: str = "token",
+    p_floor: float = 1e-6,
+    allow_low_precision: bool = False,
+    upcast: bool = False,
+    progress: bool = True,
+    logprob_fn: LogprobFn = causal_lm_logprobs,
+) -> Tensor:
+    """MRD score of every sample of ``dataloader.dataset``: ``(len(dataset),)`` float32, by ``index``.
+
+    Args:
+        model: the model to score (an HF causal LM by default; any module with a custom ``logprob_fn``).
+        dataloader: batches with ``input_ids``, ``attention_mask``, ``labels`` and ``index`` (row index
+            of each sample in ``dataloader.dataset``). Under ``torch.distributed`` each rank passes its
+            shard (e.g. a ``DistributedSampler``); all ranks return the same full vector.
+        sigma: standard deviation σ of the Gaussian perturbation δ ~ N(0, σ²I) (paper: 1e-5).
+        num_samples: K, the number of perturbations (forward passes per batch) for Monte Carlo.
+        estimator: ``"mean_abs"`` (Algorithm 1), ``"abs_mean"`` (Definition 3.1) or ``"analytic"``
+            (√(2/π)·σ·‖g‖, the σ → 0, K → ∞ limit of ``mean_abs``); see the module docstring.
+        antithetic: use pairs (δ, −δ); default True for ``abs_mean``, False otherwise.
+        seed: seeds the common random numbers δ_k (see :func:`perturbation`).
+        normalization: ``"token"`` (Σ_t ΔP_t/P_t, the paper) or ``"sequence"`` (ΔΣP/ΣP).
+        p_floor: floor on |P_t| (or |ΣP|) in the division.
+        allow_low_precision: perturb a bf16/fp16 model in its own precision (mostly rounds δ away).
+        upcast: score an fp32 deep copy of a bf16/fp16 model (memory: one full fp32 copy).
+        progress: show a tqdm bar (rank 0 only).
+        logprob_fn: ``(model, batch) -> (logp (B, T'), mask (B, T'))`` per-token log-probabilities.
+
+    Returns:
+        float32 tensor on CPU; smaller = harder to unlearn.
+    """
+    if antithetic is None:
+        antithetic = estimator == "abs_mean"
+    _check_args(sigma, num_samples, estimator, antithetic, normalization, p_floor)
+    scored_model = _check_precision(model, allow_low_precision, upcast)
+    params = list(scored_model.parameters())  # deduplicated: a tied Parameter appears once
+    device = params[0].device
+    size = len(dataloader.dataset)
+    distributed = dist.is_available() and dist.is_initialized()
+
+    all_indices, all_scores = [], []
+    # fork_rng: iterating a DataLoader (and wrapping it in tqdm) draws from the global RNG; undo that.
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    # inference_mode(False): a caller inside Lightning's validation loop must still get gradients (analytic).
+    with torch.inference_mode(False), torch.random.fork_rng(devices=rng_devices), _eval_mode(scored_model), \
+            _fp32_numerics(device.type):
+        bar = tqdm(dataloader, desc=f"MRD ({estimator})", disable=not progress or _dist_rank() != 0)
+        if estimator == "analytic":
+            flags = [p.requires_grad for p in params]
+            try:
+                for p in params:
+                    p.requires_grad_(True)
+                with torch.enable_grad():
+                    for batch in bar:
+                        batch = _check_batch(_to_device(batch, device))
+                        scores = _analytic_scores(scored_model, batch, params, logprob_fn, sigma,
+                                                  normalization, p_floor)
+                        all_indices.append(batch["index"].cpu()), all_scores.append(scores)
+            finally:
+                for p, flag in zip(params, flags):
+                    p.requires_grad_(flag)
+        else:
+            with torch.no_grad(), ParameterPerturbation(scored_model, sigma, seed, antithetic) as perturb:
+                for batch in bar:
+                    batch = _check_batch(_to_device(batch, device))
+                    deltas = _monte_carlo_deltas(scored_model, batch, perturb, logprob_fn, num_samples,
+                                                 normalization, p_floor).cpu()  # (K, B)
+                    scores = deltas.abs().mean(0) if estimator == "mean_abs" else deltas.mean(0).abs()
+                    all_indices.append(batch["index"].cpu()), all_scores.append(scores)
+        bar.close()
+
+    indices = torch.cat(all_indices) if all_indices else torch.zeros(0, dtype=torch.long)
+    scores = torch.cat(all_scores) if all_scores else torch.zeros(0, dtype=torch.float64)
+    if distributed:
+        indices, scores = _all_gather_pairs(indices, scores)
+    out, covered = _scatter_first(indices, scores, size)
+    if not bool(covered.all()):
+        missing = torch.nonzero(~covered).flatten()[:10].tolist()
+        raise ValueError(
+            f"MRD: the dataloader covered {int(covered.sum())} of {size} samples (missing indices "
+            f"{missing}...). Use a sampler that visits every sample (no drop_last) and put each "
+            "sample's dataset row in batch['index']."
+        )
+    return out.to(torch.float32)
+
+
+def _check_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """Every batch needs an ``index`` field, and every sample at least one labelled token."""
+    if "index" not in batch:
+        raise ValueError("MRD: each batch needs an 'index' field (the dataset row of each sample); "
+                         f"got keys {sorted(batch)}")
+    if "labels" in batch and batch["labels"].dim() == 2:
+        n_labelled = (batch["labels"][:, 1:] != tokens.IGNORE_INDEX).sum(dim=-1)  # (B,)
+        empty = batch["index"][n_labelled == 0]
+        if empty.numel():
+            raise ValueError(f"MRD: samples with dataset index {empty.tolist()} have no labelled tokens")
+    return batch

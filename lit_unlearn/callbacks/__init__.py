@@ -1,0 +1,4 @@
+"""Lightning callbacks that drop into any project following the small protocol in their docstrings."""
+from lit_unlearn.callbacks.geffect import GEffectMonitor
+
+__all__ = ["GEffectMonitor"]

@@ -1,0 +1,71 @@
+"""``TOFUReport``: evaluate on the TOFU suite during ``validate``/``test`` and write the report.
+
+Attach it to any Lightning run whose module owns a Hugging Face causal LM as ``self.model`` and whose
+datamodule's ``val_dataloader``/``test_dataloader`` is the TOFU evaluation suite (``TOFUDataModule``,
+``UnlearningDataModule``)::
+
+    lit-unlearn validate --config configs/tofu_mini/npo.yaml --ckpt_path last.ckpt \\
+        --trainer.callbacks+=lit_unlearn.callbacks.report.TOFUReport \\
+        --trainer.callbacks.retain_report=outputs/tofu_mini/retain_eval/report/report.json
+
+``CausalLMModule`` subclasses evaluate without it (their ``eval_config`` argument); when the callback is
+attached it takes over and its settings are used.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from lit_unlearn.evaluation.config import EvalConfig
+from lit_unlearn.evaluation.lightning import LightningEvalRunner
+
+
+class TOFUReport(Callback):
+    """Args: see :class:`lit_unlearn.evaluation.config.EvalConfig` (same names and defaults)."""
+
+    def __init__(
+        self,
+        max_new_tokens: int = 200,
+        generation: bool = True,
+        el_n: int = 10,
+        el_splits: list[str] | None = None,
+        el_batch_size: int = 64,
+        mia_k: float = 0.4,
+        retain_report: str | None = None,
+        report_dir: str | None = None,
+        write_report: bool = True,
+        plots: bool = True,
+        store_generations: bool = True,
+    ):
+        self.config = EvalConfig(max_new_tokens, generation, el_n, el_splits, el_batch_size, mia_k, retain_report,
+                                 report_dir, write_report, plots, store_generations)
+        self.runner = LightningEvalRunner(self.config)
+
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        return self.runner.last_report
+
+    def _start(self, trainer, pl_module, stage):
+        self.runner.start(trainer, pl_module, stage)
+
+    def _batch(self, pl_module, batch, dataloader_idx):
+        self.runner.step(pl_module, batch, dataloader_idx)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "validate")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(pl_module, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.runner.end(trainer, pl_module, "validate")
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "test")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(pl_module, batch, dataloader_idx)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self.runner.end(trainer, pl_module, "test")

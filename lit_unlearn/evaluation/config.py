@@ -1,0 +1,111 @@
+"""Evaluation settings shared by :class:`~lit_unlearn.evaluation.suite.TOFUEvaluation`, the Lightning
+``validate``/``test`` hooks of :class:`~lit_unlearn.objectives.lm.CausalLMModule` and the report callback.
+
+Kept free of heavy imports: ``objectives/lm.py`` imports it for its constructor signature (CLI help).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: the evaluation splits of the TOFU suite: key -> default split name (DESIGN.md §3)
+DEFAULT_EVAL_SPLITS: dict[str, str] = {
+    "forget": "forget10_perturbed",
+    "retain": "retain_perturbed",
+    "real_authors": "real_authors_perturbed",
+    "world_facts": "world_facts_perturbed",
+    "holdout": "holdout10",
+}
+EVAL_KEYS = tuple(DEFAULT_EVAL_SPLITS)
+MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
+
+
+@dataclass
+class EvalConfig:
+    """How a model is evaluated (the data side, splits and subsets, lives on the datamodule).
+
+    Args:
+        max_new_tokens: greedy generation length for ROUGE-L (TOFU uses 200).
+        generation: compute ROUGE-L recall from greedy generations (needed for model utility).
+        el_n: n-gram size of extraction likelihood; answers with ``<= el_n`` tokens use ``n = N - 1``
+            (``n = 1`` for a one-token answer) and are counted in the report (``el_reduced_n``).
+        el_splits: splits on which extraction likelihood (one greedy continuation per answer prefix) is
+            computed; ``None`` = every split but holdout, ``[]`` = none.
+        el_batch_size: prefix prompts generated together for extraction likelihood.
+        mia_k: fraction of lowest-scoring tokens for the Min-K% and Min-K%++ attacks.
+        retain_report: ``report.json`` written by this evaluation on the retain model (never trained on the
+            forget authors); needed for forget quality and privleak.
+        report_dir: where ``report.json``/``report.md``/PNGs go; default ``trainer.default_root_dir/report``.
+        write_report: write the files (rank 0 only).
+        plots: write PNG plots next to the report.
+        store_generations: keep the decoded greedy generations per sample in ``report.json``.
+    """
+
+    max_new_tokens: int = 200
+    generation: bool = True
+    el_n: int = 10
+    el_splits: list[str] | None = None
+    el_batch_size: int = 64
+    mia_k: float = 0.4
+    retain_report: str | None = None
+    report_dir: str | None = None
+    write_report: bool = True
+    plots: bool = True
+    store_generations: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.el_n < 1:
+            raise ValueError(f"el_n must be >= 1, got {self.el_n}.")
+        if self.el_batch_size < 1:
+            raise ValueError(f"el_batch_size must be >= 1, got {self.el_batch_size}.")
+        if not 0.0 < self.mia_k <= 1.0:
+            raise ValueError(f"mia_k must be in (0, 1], got {self.mia_k}.")
+        if self.el_splits is not None:
+            unknown = sorted(set(self.el_splits) - set(EVAL_KEYS))
+            if unknown:
+                raise ValueError(f"el_splits: unknown split keys {unknown}; choose from {list(EVAL_KEYS)}.")
+
+    def el_enabled(self, key: str) -> bool:
+        if self.el_splits is None:
+            return key != "holdout"
+        return key in self.el_splits
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def coerce(cls, value: "EvalConfig | dict[str, Any] | None") -> "EvalConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        raise TypeError(f"eval_config must be an EvalConfig, a dict or None, got {type(value).__name__}.")
+
+
+def resolve_split_map(
+    splits: dict[str, str] | None = None, forget_split: str | None = None
+) -> dict[str, str]:
+    """The ``{key: split}`` map to evaluate, defaults filled in.
+
+    ``splits=None`` gives the full TOFU suite; when the datamodule unlearns ``forget_split`` (``forgetXX``),
+    the default forget/holdout splits follow it (``forgetXX_perturbed``, ``holdoutXX``). A given map is
+    taken as is (keys must be known; an empty map is an error).
+    """
+    if splits is None:
+        out = dict(DEFAULT_EVAL_SPLITS)
+        if forget_split and forget_split.startswith("forget") and not forget_split.endswith("_perturbed"):
+            out["forget"] = f"{forget_split}_perturbed"
+            out["holdout"] = "holdout" + forget_split[len("forget"):]
+        return out
+    splits = dict(splits)
+    if not splits:
+        raise ValueError("No evaluation splits given: pass at least one of " + ", ".join(EVAL_KEYS) + ".")
+    unknown = sorted(set(splits) - set(EVAL_KEYS))
+    if unknown:
+        raise ValueError(f"Unknown evaluation split keys {unknown}; choose from {list(EVAL_KEYS)}"
+                         f" (e.g. {{'forget': 'forget10_perturbed'}}).")
+    return splits

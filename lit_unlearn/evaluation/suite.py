@@ -1,0 +1,445 @@
+"""The TOFU evaluation suite: one evaluator used by plain Python, ``torch.distributed`` and Lightning.
+
+:class:`TOFUEvaluator` turns batches of :class:`~lit_unlearn.evaluation.data.EvalDataset` samples into the
+torchmetrics states of every split (so DDP syncs them) and computes the raw results.
+:class:`TOFUEvaluation` is the plain-Python driver: ``TOFUEvaluation(model_or_path, tokenizer).run()``.
+:func:`lit_unlearn.evaluation.report.finalize_report` adds forget quality, model utility and privleak.
+
+Per batch of B samples the evaluator runs (DESIGN.md §6, §10)
+
+* one forward of the B answers: probability, memorization accuracy, extraction strength, MIA scores;
+* one forward of the B paraphrased answers (forget/retain; elsewhere the answer's NLL is reused);
+* one forward of the B·J perturbed answers: truth ratio (and normalised probability on real-authors and
+  world-facts);
+* one batched, left-padded, KV-cached greedy ``generate`` from the B questions: ROUGE-L recall;
+* for extraction likelihood, batched greedy continuations of every answer prefix of the B samples.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lit_unlearn.evaluation.config import EVAL_KEYS, MIA_SCORES, EvalConfig, resolve_split_map
+from lit_unlearn.evaluation.data import EvalCollator, EvalDataset, EvalSplit, build_eval_datasets
+from lit_unlearn.functional import metrics as F
+from lit_unlearn.functional.generation import greedy_generate, split_prompt_answer
+from lit_unlearn.functional.tokens import sequence_nll_mean, token_logprobs
+from lit_unlearn.metrics import (
+    MIAAUC,
+    ExtractionLikelihood,
+    ExtractionStrength,
+    MemorizationAccuracy,
+    PerSampleMetric,
+    Probability,
+    RougeLRecall,
+    TruthRatio,
+)
+
+
+# ----------------------------------------------------------------------------- small metric additions
+
+
+def extraction_likelihood_any_length(continuations: Sequence[Sequence[int]], target: Sequence[int], n: int) -> float:
+    """EL_n that also scores answers with ``N <= n`` tokens, using ``n' = N − 1`` (``n' = 1`` when N = 1,
+    i.e. whether the first greedy token is the answer). ``N > n`` is exactly ``F.extraction_likelihood``."""
+    num = len(target)
+    if num > n:
+        return F.extraction_likelihood(continuations, target, n)
+    if num >= 2:
+        return F.extraction_likelihood(continuations, target, num - 1)
+    return F.ngram_overlap(list(continuations[0][:1]), list(target), 1)
+
+
+class ExtractionLikelihoodAnyLength(ExtractionLikelihood):
+    """:class:`~lit_unlearn.metrics.ExtractionLikelihood` robust to short answers (see
+    :func:`extraction_likelihood_any_length`); ``reduced_n`` lists the local indices that used ``n' < n``."""
+
+    def update(self, continuations, targets, index: Tensor | None = None) -> None:
+        if len(continuations) != len(targets):
+            raise ValueError(f"{len(continuations)} continuation lists but {len(targets)} targets")
+        values = [extraction_likelihood_any_length(c, t, self.n) for c, t in zip(continuations, targets)]
+        self._append(torch.tensor(values, dtype=torch.float32), index)
+
+
+class NormalizedProbability(PerSampleMetric):
+    """TOFU normalised probability p_c / (p_c + Σ_j p_w,j) per question (``F.normalized_probability``)."""
+
+    higher_is_better = True
+    is_differentiable = False
+
+    def update(self, correct_avg_nll: Tensor, perturbed_avg_nll: Tensor, index: Tensor | None = None) -> None:
+        self._append(F.normalized_probability(correct_avg_nll, perturbed_avg_nll), index)
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+
+
+def _dist_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    world, _ = _dist_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _zero3_enabled() -> bool:
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        return bool(is_deepspeed_zero3_enabled())
+    except Exception:  # pragma: no cover - transformers without the integration
+        return False
+
+
+def _max_over_ranks(value: int, device: torch.device) -> int:
+    world, _ = _dist_world()
+    if world == 1:
+        return value
+    backend = torch.distributed.get_backend()
+    t = torch.tensor([value], device=device if backend == "nccl" else "cpu")
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
+# ----------------------------------------------------------------------------- the evaluator
+
+
+class TOFUEvaluator:
+    """Metric states of the TOFU suite for a set of evaluation splits.
+
+    Args:
+        config: :class:`EvalConfig` (generation length, EL n, MIA k ...).
+        specs: the evaluated splits (``EvalSplit(key, split)``).
+        tokenizer: decodes generations (and supplies EOS/pad ids for generation).
+
+    Use: :meth:`update` for every batch of every split (any number of ranks, any order), then
+    :meth:`compute` on every rank (collective under ``torch.distributed``).
+    """
+
+    def __init__(self, config: EvalConfig, specs: Sequence[EvalSplit], tokenizer):
+        self.config = EvalConfig.coerce(config)
+        if not specs:
+            raise ValueError("TOFUEvaluator needs at least one evaluation split.")
+        self.specs = {s.key: s for s in sorted(specs, key=lambda s: EVAL_KEYS.index(s.key))}
+        self.tokenizer = tokenizer
+        self.reset()
+
+    @property
+    def has_mia(self) -> bool:
+        return "forget" in self.specs and "holdout" in self.specs
+
+    def reset(self) -> None:
+        self.metrics: dict[str, dict[str, Any]] = {key: self._split_metrics(spec) for key, spec in self.specs.items()}
+        self.mia = {score: MIAAUC(score=score, k=self.config.mia_k) for score in MIA_SCORES} if self.has_mia else {}
+        self.generations: dict[str, dict[int, str]] = {key: {} for key in self.specs}
+        self.el_reduced: dict[str, set[int]] = {key: set() for key in self.specs}
+
+    def _split_metrics(self, spec: EvalSplit) -> dict[str, Any]:
+        m: dict[str, Any] = {"probability": Probability()}
+        if spec.role == "holdout":
+            return m
+        m["truth_ratio"] = TruthRatio(split=spec.truth_ratio_split)
+        if spec.role == "general":
+            m["normalized_probability"] = NormalizedProbability()
+        m["memorization_accuracy"] = MemorizationAccuracy()
+        m["extraction_strength"] = ExtractionStrength()
+        if self.config.generation:
+            m["rouge_l_recall"] = RougeLRecall()
+        if self.config.el_enabled(spec.key):
+            m["extraction_likelihood"] = ExtractionLikelihoodAnyLength(n=self.config.el_n)
+        return m
+
+    # -- per batch ------------------------------------------------------------------------------------
+    @staticmethod
+    def _logits(model, sub: Mapping[str, Tensor]) -> Tensor:
+        device = next(model.parameters()).device
+        out = model(input_ids=sub["input_ids"].to(device), attention_mask=sub["attention_mask"].to(device))
+        return out.logits  # (B, T, V)
+
+    def _avg_nll(self, model, sub: Mapping[str, Tensor]) -> Tensor:
+        logits = self._logits(model, sub)
+        logp, mask = token_logprobs(logits, sub["labels"].to(logits.device))  # (B, T-1)
+        return sequence_nll_mean(logp, mask)  # (B,)
+
+    @torch.no_grad()
+    def update(self, key: str, batch: Mapping[str, Any], model) -> None:
+        """Score one collated batch (:class:`EvalCollator`) of split ``key`` with ``model`` (a HF causal LM)."""
+        if key not in self.specs:
+            raise KeyError(f"Unknown evaluation split {key!r}; this evaluator has {list(self.specs)}.")
+        spec, m = self.specs[key], self.metrics[key]
+        index = batch["index"]
+        answer = batch["answer"]
+
+        logits = self._logits(model, answer)  # (B, T, V): one forward for every answer-based metric
+        labels = answer["labels"].to(logits.device)
+        index = index.to(logits.device)
+        m["probability"].update(logits, labels, index=index)
+        if spec.role != "holdout":
+            m["memorization_accuracy"].update(logits, labels, index=index)
+            m["extraction_strength"].update(logits, labels, index=index)
+        if key in ("forget", "holdout"):
+            for metric in self.mia.values():
+                metric.update(logits, labels, member=key == "forget", texts=batch["answer_text"], index=index)
+        logp, mask = token_logprobs(logits, labels)
+        answer_nll = sequence_nll_mean(logp, mask)  # (B,)
+        del logits, logp
+
+        if spec.truth_ratio_split is not None:
+            correct_nll = self._avg_nll(model, batch["correct"]) if "correct" in batch else answer_nll
+            num_perturbed = int(batch["num_perturbed"])
+            perturbed_nll = self._avg_nll(model, batch["perturbed"]).view(-1, num_perturbed)  # (B, J)
+            m["truth_ratio"].update(correct_nll, perturbed_nll, index=index)
+            if "normalized_probability" in m:
+                m["normalized_probability"].update(correct_nll, perturbed_nll, index=index)
+
+        if "rouge_l_recall" in m:
+            generated = self._generate([list(p) for p in batch["prompt_ids"]], model, self.config.max_new_tokens)
+            texts = [t.strip() for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+            m["rouge_l_recall"].update(texts, list(batch["answer_text"]), index=index)
+            if self.config.store_generations:
+                self.generations[key].update({int(i): t for i, t in zip(index.tolist(), texts)})
+
+        if "extraction_likelihood" in m:
+            pairs = split_prompt_answer(answer["input_ids"].cpu(), answer["labels"].cpu(),
+                                        answer["attention_mask"].cpu(), exclude_last=True)
+            continuations = self._prefix_continuations(model, pairs)
+            targets = [a for _, a in pairs]
+            m["extraction_likelihood"].update(continuations, targets, index=index)
+            self.el_reduced[key].update(int(i) for i, t in zip(index.tolist(), targets) if len(t) <= self.config.el_n)
+
+    def _generate(self, prompts: list[list[int]], model, max_new_tokens: int) -> list[list[int]]:
+        return greedy_generate(model, prompts, max_new_tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+
+    def _prefix_continuations(self, model, pairs: list[tuple[list[int], list[int]]]) -> list[list[list[int]]]:
+        """Greedy continuation of prompt + y_<k for every sample and k = 0..N−1, batched across samples."""
+        jobs = [(s, k) for s, (_, answer) in enumerate(pairs) for k in range(len(answer))]
+        out: list[list[list[int]]] = [[[] for _ in answer] for _, answer in pairs]
+        size = self.config.el_batch_size
+        chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        for chunk in chunks:
+            prompts = [pairs[s][0] + pairs[s][1][:k] for s, k in chunk]
+            longest = max(len(pairs[s][1]) - k for s, k in chunk)
+            generated = self._generate(prompts, model, longest)
+            for (s, k), g in zip(chunk, generated):
+                out[s][k] = g[: len(pairs[s][1]) - k]
+        if _zero3_enabled():  # generate syncs ranks under ZeRO-3: every rank must call it equally often
+            device = next(model.parameters()).device
+            for _ in range(_max_over_ranks(len(chunks), device) - len(chunks)):
+                self._generate([[self.tokenizer.eos_token_id]], model, 1)
+        return out
+
+    # -- results --------------------------------------------------------------------------------------
+    def compute(self) -> dict[str, Any]:
+        """Aggregates and per-sample values of every split (collective under ``torch.distributed``).
+
+        Returns ``{"splits": {key: {"split", "num_samples", "metrics", "per_sample", "generations",
+        "el_reduced_n"}}, "mia": {score: {"auc": ...}}}``. ``per_sample["truth_ratio"]`` holds the raw
+        TR_i (what forget quality needs from a retain model's report).
+        """
+        splits: dict[str, Any] = {}
+        for key, spec in self.specs.items():
+            metrics, per_sample = {}, {}
+            for name, metric in self.metrics[key].items():
+                metrics[name] = float(metric.compute())
+                per_sample[name] = metric.value_by_index()
+            if "memorization_accuracy" in metrics and key == "forget":
+                metrics["unlearning_accuracy"] = float(F.unlearning_accuracy(metrics["memorization_accuracy"]))
+            generations: dict[int, str] = {}
+            for part in _gather_objects(self.generations[key]):
+                generations.update(part)
+            reduced = set().union(*_gather_objects(self.el_reduced[key]))
+            splits[key] = {
+                "split": spec.split,
+                "role": spec.role,
+                "num_samples": len(per_sample["probability"]),
+                "metrics": metrics,
+                "per_sample": per_sample,
+                "generations": dict(sorted(generations.items())),
+                "el_reduced_n": len(reduced) if "extraction_likelihood" in metrics else None,
+            }
+        mia = {score: {"auc": float(metric.compute())} for score, metric in self.mia.items()}
+        return {"splits": splits, "mia": mia}
+
+
+# ----------------------------------------------------------------------------- plain-Python driver
+
+
+def eval_dataloader(dataset: EvalDataset, batch_size: int, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """Deterministic loader over ``dataset``; sharded with a ``DistributedSampler`` when ``world_size > 1``."""
+    sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+               if world_size > 1 else None)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                      collate_fn=EvalCollator(dataset.tokenizer.pad_token_id))
+
+
+def _model_dtype(model) -> str:
+    try:
+        return str(next(model.parameters()).dtype).replace("torch.", "")
+    except StopIteration:  # pragma: no cover
+        return "unknown"
+
+
+def base_metadata() -> dict[str, Any]:
+    import lit_unlearn
+
+    return {
+        "lit_unlearn_version": lit_unlearn.__version__,
+        "torch_version": torch.__version__,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class TOFUEvaluation:
+    """Evaluate one model on the TOFU suite in plain Python (single process, or each rank of an already
+    initialised ``torch.distributed`` group, which then shards the samples).
+
+    Args:
+        model_or_path: a Hugging Face causal LM, or a folder/hub name loaded with ``load_causal_lm``.
+        tokenizer: a tokenizer or its name/path; default: ``model_or_path`` when that is a path.
+        source: the data source (``builtin:tofu-mini``, a folder, a hub name).
+        splits: ``{key: split}`` for keys ``forget``, ``retain``, ``real_authors``, ``world_facts``,
+            ``holdout``; ``None`` = the full suite (``forget10_perturbed`` ... ``holdout10``).
+        retain_report: the retain model's ``report.json`` (or its folder) for forget quality and privleak.
+        max_new_tokens, el_n, el_splits, generation, mia_k, plots, store_generations: see :class:`EvalConfig`.
+        batch_size: samples per batch (per rank).
+        max_length: tokens per (question, answer variant).
+        max_samples: evaluate only the first rows of every split (an int, or ``{key: int}``).
+        out_dir: when set, rank 0 writes ``report.json``, ``report.md`` and PNGs there.
+        device: where to run (default: the model's device, else CUDA if available, else CPU).
+        dtype: dtype when loading from a path.
+        progress: tqdm progress bars on rank 0.
+        config: an :class:`EvalConfig` instead of the individual settings.
+
+    Example::
+
+        report = TOFUEvaluation("outputs/tofu_mini/target", retain_report="outputs/retain/report").run()
+        report["forget_quality"]["value"], report["model_utility"]["value"]
+    """
+
+    def __init__(
+        self,
+        model_or_path,
+        tokenizer=None,
+        source: str = "builtin:tofu-mini",
+        splits: dict[str, str] | None = None,
+        retain_report: str | os.PathLike | None = None,
+        max_new_tokens: int = 200,
+        batch_size: int = 16,
+        max_length: int = 128,
+        max_samples: int | dict[str, int] | None = None,
+        el_n: int = 10,
+        el_splits: list[str] | None = None,
+        generation: bool = True,
+        mia_k: float = 0.4,
+        out_dir: str | os.PathLike | None = None,
+        plots: bool = True,
+        store_generations: bool = True,
+        device: str | torch.device | None = None,
+        dtype: str | None = None,
+        progress: bool = True,
+        seed: int = 0,
+        config: EvalConfig | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.config = config or EvalConfig(
+            max_new_tokens=max_new_tokens, generation=generation, el_n=el_n, el_splits=el_splits, mia_k=mia_k,
+            retain_report=None if retain_report is None else str(retain_report),
+            report_dir=None if out_dir is None else str(out_dir), plots=plots, store_generations=store_generations,
+        )
+        self.model_or_path = model_or_path
+        self.tokenizer = tokenizer
+        self.source = source
+        self.splits = resolve_split_map(splits)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.max_samples = max_samples
+        self.device = device
+        self.dtype = dtype
+        self.progress = progress
+        self.seed = seed
+
+    def _load(self):
+        from lit_unlearn.models.loading import load_causal_lm, load_tokenizer
+
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            if not isinstance(self.model_or_path, (str, os.PathLike)):
+                raise ValueError("TOFUEvaluation needs `tokenizer` when the model is given as an object.")
+            tokenizer = str(self.model_or_path)
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(str(tokenizer))
+        model = self.model_or_path
+        if isinstance(model, (str, os.PathLike)):
+            model = load_causal_lm(str(model), tokenizer, dtype=self.dtype)
+        if self.device is not None:
+            model = model.to(self.device)
+        elif isinstance(self.model_or_path, (str, os.PathLike)) and torch.cuda.is_available():
+            model = model.to("cuda")
+        return model, tokenizer
+
+    def datasets(self, tokenizer) -> list[EvalDataset]:
+        return build_eval_datasets(tokenizer, self.source, self.splits, self.max_length, self.max_samples, self.seed)
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate, add forget quality/model utility/privleak, write the report (rank 0) and return it."""
+        from tqdm.auto import tqdm
+
+        from lit_unlearn.data.sources import source_version
+        from lit_unlearn.evaluation.report import check_retain_report, finalize_report, write_report
+
+        model, tokenizer = self._load()
+        datasets = self.datasets(tokenizer)
+        forget = next((d for d in datasets if d.spec.key == "forget"), None)
+        check_retain_report(self.config.retain_report, forget)  # fail before the long part, not after it
+        world_size, rank = _dist_world()
+        evaluator = TOFUEvaluator(self.config, [d.spec for d in datasets], tokenizer)
+        was_training = model.training
+        model.eval()
+        start = time.perf_counter()
+        try:
+            for dataset in datasets:
+                loader = eval_dataloader(dataset, self.batch_size, world_size, rank)
+                desc = f"eval {dataset.spec.key}"
+                for batch in tqdm(loader, desc=desc, disable=not self.progress or rank != 0, leave=False):
+                    evaluator.update(dataset.spec.key, batch, model)
+            results = evaluator.compute()
+        finally:
+            model.train(was_training)
+        metadata = {
+            **base_metadata(),
+            "source": self.source,
+            "data_version": source_version(self.source, self.seed),
+            "model": str(self.model_or_path) if isinstance(self.model_or_path, (str, os.PathLike))
+            else (getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
+            "world_size": world_size,
+            "strategy": "torch.distributed" if world_size > 1 else "single_process",
+            "backend": torch.distributed.get_backend() if world_size > 1 else None,
+            "precision": _model_dtype(model),
+            "device": str(next(model.parameters()).device),
+            "batch_size": self.batch_size,
+            "effective_batch_size": self.batch_size * world_size,
+            "max_length": self.max_length,
+            "max_samples": self.max_samples,
+            "eval_config": self.config.to_dict(),
+            "splits": dict(self.splits),
+            "runtime_s": round(time.perf_counter() - start, 3),
+        }
+        report = finalize_report(results, metadata, self.config.retain_report)
+        if rank == 0 and self.config.report_dir and self.config.write_report:
+            write_report(report, self.config.report_dir, plots=self.config.plots)
+        return report

@@ -1,0 +1,65 @@
+"""Token-level log-probabilities and the reductions every loss and metric is built on.
+
+Convention (DESIGN.md §5): ``labels`` are the model inputs with ``-100`` on prompt and padding
+positions. Position ``t`` of the *shifted* tensors holds the log-probability of token ``t+1`` given
+tokens ``<= t``, so ``logp`` and ``mask`` have shape ``(B, T-1)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token log p(y_t | y_<t) of the labelled tokens.
+
+    Args:
+        logits: ``(B, T, V)`` model outputs.
+        labels: ``(B, T)`` target ids, ``-100`` where no loss is taken.
+
+    Returns:
+        ``logp`` ``(B, T-1)`` float32 (0 where masked) and ``mask`` ``(B, T-1)`` bool.
+
+    Naive equivalent::
+
+        logp[b, t] = log_softmax(logits[b, t].float())[labels[b, t + 1]]
+    """
+    logits = logits[:, :-1, :].float()  # (B, T-1, V)
+    targets = labels[:, 1:]  # (B, T-1)
+    mask = targets != IGNORE_INDEX
+    safe_targets = targets.masked_fill(~mask, 0)
+    picked = logits.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    logp = picked - torch.logsumexp(logits, dim=-1)
+    return logp.masked_fill(~mask, 0.0), mask
+
+
+def sequence_logprob_sum(logp: Tensor, mask: Tensor) -> Tensor:
+    """Σ_t log p_t over valid tokens of each sequence: ``(B, T-1) -> (B,)``."""
+    return (logp * mask).sum(dim=-1)
+
+
+def sequence_lengths(mask: Tensor) -> Tensor:
+    """Number of valid (labelled) tokens per sequence ``n_b``: ``(B, T-1) -> (B,)`` float."""
+    return mask.sum(dim=-1).to(torch.float32)
+
+
+def sequence_nll_sum(logp: Tensor, mask: Tensor) -> Tensor:
+    """NLL_sum_b = −Σ_t log p_t per sequence: ``(B,)``."""
+    return -sequence_logprob_sum(logp, mask)
+
+
+def sequence_nll_mean(logp: Tensor, mask: Tensor) -> Tensor:
+    """Length-normalised NLL per sequence, NLL_sum_b / n_b: ``(B,)`` (0 for empty sequences)."""
+    return sequence_nll_sum(logp, mask) / sequence_lengths(mask).clamp_min(1.0)
+
+
+def nll_mean(logp: Tensor, mask: Tensor) -> Tensor:
+    """Token-mean NLL over every valid token of the batch (the Hugging Face convention): scalar."""
+    return -(logp * mask).sum() / mask.sum().clamp_min(1)
+
+
+def masked_token_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over the valid tokens of the whole batch: scalar."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)

@@ -1,0 +1,203 @@
+"""``UnlearningModule``: the shared base of every unlearning objective (DESIGN.md §4).
+
+A training batch is ``{"forget": batch, "retain": batch}`` (see :class:`UnlearningDataModule`). The loss is
+
+    loss = gamma · forget_loss(batch["forget"]) + alpha · retain_term(batch["retain"])
+
+with ``retain_loss`` one of ``none`` (no retain term), ``nll`` (token-mean NLL on retain answers) or ``kl``
+(KL(p_ref ‖ p_θ) averaged over non-padding retain positions, live reference). A subclass implements only
+:meth:`forget_loss`; it sets ``reference_use`` to say what it needs from the reference model:
+
+* ``None`` — nothing (GA, SimNPO, WGA, SatImp ...);
+* ``"logprobs"`` — reference log-probs of the forget answers (and refusal answers): cached in one pass
+  before training (``reference="cached"``, default) or computed by a live frozen copy (``"live"``);
+* ``"model"`` — the live frozen model itself (RMU hidden states).
+
+Callbacks talk to the module through public members only: ``model``, ``forget_dataset``,
+``set_forget_weights(weights)``, ``sample_logprobs(batch)``, ``forget_loss(batch)``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_unlearn.functional import tokens
+from lit_unlearn.objectives.lm import CausalLMModule
+from lit_unlearn.objectives.reference import ReferenceLogprobCache
+
+RETAIN_LOSSES = ("none", "nll", "kl")
+REFERENCE_MODES = ("cached", "live")
+
+
+def check_hyperparameter(name: str, value: float, minimum: float = 0.0, inclusive: bool = False) -> float:
+    """Raise ``ValueError`` naming the allowed range unless ``value`` is a finite number > (>=) ``minimum``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value < minimum if inclusive else value <= minimum):
+        allowed = f">= {minimum}" if inclusive else f"> {minimum}"
+        raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}.")
+    return float(value)
+
+
+class UnlearningModule(CausalLMModule):
+    """Base class of every objective.
+
+    Args:
+        gamma: weight of the forget loss.
+        alpha: weight of the retain term.
+        retain_loss: ``none``, ``nll`` or ``kl``.
+        reference: ``cached`` (reference log-probs computed once before training) or ``live`` (a frozen copy
+            of the initial model evaluated every step). Only used by objectives that need a reference.
+        (other arguments: see :class:`CausalLMModule`)
+    """
+
+    #: what the objective needs from the reference model: None, "logprobs" or "model"
+    reference_use: str | None = None
+    #: the sub-batches whose reference log-probs are cached ("forget" and/or "idk")
+    reference_keys: tuple[str, ...] = ("forget",)
+    #: the accepted values of ``retain_loss`` (RMU adds its own "rmu" term)
+    retain_losses: tuple[str, ...] = RETAIN_LOSSES
+
+    def __init__(
+        self,
+        model_name_or_path: str = "builtin:tiny-llama",
+        tokenizer: str | None = None,
+        gamma: float = 1.0,
+        alpha: float = 1.0,
+        retain_loss: str = "none",
+        reference: str = "cached",
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        dtype: str | None = None,
+        save_dir: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(model_name_or_path, tokenizer, lr, weight_decay, warmup_steps, dtype, save_dir, seed)
+        if retain_loss not in self.retain_losses:
+            raise ValueError(f"retain_loss must be one of {self.retain_losses}, got {retain_loss!r}.")
+        if reference not in REFERENCE_MODES:
+            raise ValueError(f"reference must be one of {REFERENCE_MODES}, got {reference!r}.")
+        if gamma < 0 or alpha < 0:
+            raise ValueError(f"gamma and alpha must be >= 0, got gamma={gamma}, alpha={alpha}.")
+        self.gamma = gamma
+        self.alpha = alpha
+        self.retain_loss = retain_loss
+        self.reference = reference
+        self.ref_model: torch.nn.Module | None = None
+        self.ref_cache = ReferenceLogprobCache()
+
+    # -- what subclasses implement --------------------------------------------------------------------
+    def forget_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The objective on a forget batch (scalar, to be minimised)."""
+        raise NotImplementedError
+
+    # -- reference model ------------------------------------------------------------------------------
+    @property
+    def needs_live_reference(self) -> bool:
+        return (
+            self.retain_loss == "kl"
+            or self.reference_use == "model"
+            or (self.reference_use == "logprobs" and self.reference == "live")
+        )
+
+    @property
+    def needs_cached_reference(self) -> bool:
+        return self.reference_use == "logprobs" and self.reference == "cached"
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.needs_live_reference and self.ref_model is None:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model.requires_grad_(False)
+
+    def on_fit_start(self) -> None:
+        if self.needs_cached_reference and len(self.ref_cache) == 0:
+            self.fill_reference_cache()
+
+    def fill_reference_cache(self) -> None:
+        """One ``no_grad`` pass of the (initial) model over the whole forget set, on every rank."""
+        datamodule = self.trainer.datamodule
+        loader = torch.utils.data.DataLoader(
+            self.forget_dataset, batch_size=datamodule.batch_size, shuffle=False, collate_fn=datamodule.collate
+        )
+        was_training = self.model.training
+        self.model.eval()
+        batches = (self.transfer_batch_to_device(b, self.device, 0) for b in loader)
+        self.ref_cache.fill(self.sample_logprobs, batches, self.reference_keys)
+        self.model.train(was_training)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, Any], mask: Tensor, key: str = "forget") -> Tensor:
+        """Reference log-probs ``(B, T-1)`` of ``batch`` (the forget batch, or its ``"idk"`` sub-batch)."""
+        if self.needs_cached_reference:
+            return self.ref_cache.lookup(batch["index"], mask, key)
+        if self.ref_model is None:
+            raise RuntimeError(f"{type(self).__name__} has no reference model; was configure_model called?")
+        logits = self.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return tokens.token_logprobs(logits, batch["labels"])[0]
+
+    def state_dict(self, *args, **kwargs):
+        # the frozen reference is rebuilt from the initial weights, never saved with the trained model
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("ref_model.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        missing_ok = {k for k in super().state_dict() if k.startswith("ref_model.")}
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        if strict:
+            missing = [k for k in result.missing_keys if k not in missing_ok]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"Missing keys {missing}, unexpected keys {result.unexpected_keys}.")
+        return result
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if len(self.ref_cache):
+            checkpoint["reference_cache"] = self.ref_cache.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "reference_cache" in checkpoint:
+            self.ref_cache.load_state_dict(checkpoint["reference_cache"])
+
+    # -- the protocol callbacks use -------------------------------------------------------------------
+    @property
+    def forget_dataset(self):
+        return self.trainer.datamodule.forget_dataset
+
+    def set_forget_weights(self, weights: Tensor) -> None:
+        """Sampling weights of the forget samples (curriculum); applied from the next epoch."""
+        self.trainer.datamodule.forget_sampler.set_weights(weights)
+
+    # -- training -------------------------------------------------------------------------------------
+    def retain_term(self, batch: dict[str, Any]) -> Tensor:
+        from lit_unlearn.functional import losses
+
+        if self.retain_loss == "nll":
+            return losses.nll(*self.sample_logprobs(batch))
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        with torch.no_grad():
+            ref_logits = self.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return losses.kl_retain(logits, ref_logits, batch["attention_mask"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        forget = batch["forget"]
+        size = forget["input_ids"].shape[0]
+        forget_loss = self.forget_loss(forget)
+        loss = self.gamma * forget_loss
+        self.log("train/forget_loss", forget_loss, prog_bar=True, batch_size=size, sync_dist=True)
+        if self.retain_loss != "none" and self.alpha > 0:
+            if "retain" not in batch:
+                raise ValueError(f"retain_loss={self.retain_loss!r} needs retain batches; set data.retain_split.")
+            retain_loss = self.retain_term(batch["retain"])
+            loss = loss + self.alpha * retain_loss
+            self.log("train/retain_loss", retain_loss, batch_size=size, sync_dist=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{type(self).__name__}: the loss became {loss.item()} at step {self.global_step}. Training stops"
+                " here; checkpoints written before this step are kept. Lower lr or check beta/gamma."
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        return loss

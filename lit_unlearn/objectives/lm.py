@@ -1,0 +1,164 @@
+"""The part every module shares: build a causal LM in ``configure_model``, optimise it, save it.
+
+The model is created in ``configure_model`` (not ``__init__``) so strategies such as DeepSpeed ZeRO-3 can
+shard it while it is built.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lit_unlearn.evaluation.config import EvalConfig
+from lit_unlearn.functional.tokens import token_logprobs
+from lit_unlearn.utils.io import atomic_directory
+
+
+class CausalLMModule(L.LightningModule):
+    """Owns ``self.model`` (a Hugging Face causal LM) and its optimiser.
+
+    Args:
+        model_name_or_path: a local folder, a hub name, or ``builtin:tiny-llama`` (fresh tiny Llama).
+        tokenizer: the tokenizer name or path (the CLI links it to ``data.tokenizer``); needed to size the
+            builtin model and saved next to the weights.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps, then constant.
+        dtype: weights dtype (``float32``, ``bfloat16``, ``float16``); ``None`` keeps the checkpoint's.
+        save_dir: when set, a Hugging Face ``save_pretrained`` folder (with tokenizer) is written there at the
+            end of ``fit``, atomically.
+        eval_config: how ``validate``/``test`` evaluate on the TOFU suite (generation length, retain report
+            for forget quality, report folder ...; see :class:`~lit_unlearn.evaluation.EvalConfig`). The
+            splits come from the datamodule's ``val_dataloader``; the report goes to
+            ``eval_config.report_dir`` (default ``trainer.default_root_dir/report``), written on rank 0.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "builtin:tiny-llama",
+        tokenizer: str | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        dtype: str | None = None,
+        save_dir: str | None = None,
+        seed: int = 0,
+        eval_config: EvalConfig | None = None,
+    ):
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}.")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+        self.model_name_or_path = model_name_or_path
+        self.tokenizer_name = tokenizer or model_name_or_path
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.dtype_name = dtype
+        self.save_dir = save_dir
+        self.seed = seed
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.extra_metadata: dict[str, Any] = {}
+        self.eval_config = EvalConfig.coerce(eval_config)
+        self._eval_runner = None
+
+    # -- model ----------------------------------------------------------------------------------------
+    def load_tokenizer(self):
+        if self.tokenizer is None:
+            datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+            if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+                self.tokenizer = datamodule.tokenizer
+            else:
+                from lit_unlearn.models.loading import load_tokenizer
+
+                self.tokenizer = load_tokenizer(self.tokenizer_name)
+        return self.tokenizer
+
+    def build_model(self) -> torch.nn.Module:
+        from lit_unlearn.models.loading import load_causal_lm
+
+        return load_causal_lm(self.model_name_or_path, self.load_tokenizer(), dtype=self.dtype_name, seed=self.seed)
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = self.build_model()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def sample_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs ``(B, T-1)`` and mask of the labelled tokens of ``batch`` under ``self.model``."""
+        return token_logprobs(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+    # -- optimisation ---------------------------------------------------------------------------------
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.warmup_steps == 0:
+            return optimizer
+        warmup = self.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- saving ---------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write model + tokenizer + ``lit_unlearn.json`` (metadata) as one atomic folder."""
+        with atomic_directory(directory) as tmp:
+            self.model.save_pretrained(tmp)
+            self.load_tokenizer().save_pretrained(tmp)
+            info = {"model_name_or_path": self.model_name_or_path, **self.extra_metadata, **(metadata or {})}
+            (Path(tmp) / "lit_unlearn.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return Path(directory)
+
+    def on_fit_end(self) -> None:
+        if self.save_dir and self.trainer.is_global_zero:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            meta = {"data_version": getattr(datamodule, "data_version", None), "global_step": self.global_step}
+            self.save_pretrained(self.save_dir, meta)
+
+    # -- evaluation (validate/test): the TOFU suite, see lit_unlearn.evaluation.lightning -------------------
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the last ``validate``/``test`` epoch (every rank), or None."""
+        return None if self._eval_runner is None else self._eval_runner.last_report
+
+    def _evaluation(self):
+        """The runner, or None when a ``TOFUReport`` callback does the evaluation instead."""
+        from lit_unlearn.evaluation.lightning import LightningEvalRunner, find_report_callback
+
+        if find_report_callback(self.trainer) is not None:
+            return None
+        if self._eval_runner is None:
+            self._eval_runner = LightningEvalRunner(self.eval_config)
+        return self._eval_runner
+
+    def on_validation_epoch_start(self) -> None:
+        if (runner := self._evaluation()) is not None:
+            runner.start(self.trainer, self, "validate")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if (runner := self._evaluation()) is not None:
+            runner.step(self, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if (runner := self._evaluation()) is not None:
+            runner.end(self.trainer, self, "validate")
+
+    def on_test_epoch_start(self) -> None:
+        if (runner := self._evaluation()) is not None:
+            runner.start(self.trainer, self, "test")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if (runner := self._evaluation()) is not None:
+            runner.step(self, batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        if (runner := self._evaluation()) is not None:
+            runner.end(self.trainer, self, "test")

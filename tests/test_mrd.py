@@ -1,0 +1,401 @@
+"""MRD scores (lit_unlearn/analysis/mrd.py) against a literal Algorithm 1, closed forms and hand values."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+from transformers import LlamaForCausalLM
+
+from lit_unlearn.analysis.mrd import ParameterPerturbation, mrd_scores, perturbation, relative_change
+from lit_unlearn.models.tiny import tiny_llama_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Single-threaded BLAS: tiny matmuls are faster and timings do not collapse on a busy 2-core box."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers: a tiny Llama and a right-padded dataset in the library's batch convention
+# ----------------------------------------------------------------------------------------------
+
+VOCAB, PROMPT = 64, 4
+
+
+def small_llama(seed: int = 0, tied: bool = False, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    config = tiny_llama_config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64)
+    config.tie_word_embeddings = tied
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(dtype)
+
+
+def make_dataset(n: int, max_len: int = 16, seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(PROMPT + 4, max_len + 1, (1,), generator=gen))
+        ids = torch.zeros(max_len, dtype=torch.long)
+        ids[:length] = torch.randint(3, VOCAB, (length,), generator=gen)
+        attention = (torch.arange(max_len) < length).long()
+        labels = ids.clone()
+        labels[:PROMPT] = -100
+        labels[attention == 0] = -100
+        rows.append({"input_ids": ids, "attention_mask": attention, "labels": labels, "index": torch.tensor(i)})
+    return rows
+
+
+def loader(rows: list[dict], batch_size: int, **kw) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(rows, batch_size=batch_size, **kw)
+
+
+def naive_algorithm1(model: nn.Module, row: dict, sigma: float, num_samples: int, seed: int = 0,
+                     antithetic: bool = False, normalization: str = "token", p_floor: float = 1e-6) -> float:
+    """MRD paper Algorithm 1, literally: one sample, K perturbations, weights copied, δ_k added, restored."""
+    length = int(row["attention_mask"].sum())
+    ids, labels = row["input_ids"][None, :length], row["labels"][None, :length]
+
+    def token_logps() -> list[float]:  # P_t for every labelled token t, in order
+        logits = model(input_ids=ids).logits[0].float()  # (T, V)
+        logps = torch.log_softmax(logits, dim=-1)
+        return [float(logps[t - 1, labels[0, t]]) for t in range(1, length) if labels[0, t] != -100]
+
+    model.eval()
+    with torch.no_grad():
+        p_theta = token_logps()
+        mrd_sum = 0.0
+        for k in range(num_samples):
+            saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+            for name, p in model.named_parameters():
+                p.add_(perturbation(name, p.shape, k, sigma=sigma, seed=seed, antithetic=antithetic).to(p.dtype))
+            p_pert = token_logps()
+            for name, p in model.named_parameters():
+                p.copy_(saved[name])
+            if normalization == "token":
+                delta = sum((a - b) / -max(abs(a), p_floor) for a, b in zip(p_theta, p_pert))
+            else:
+                delta = (sum(p_theta) - sum(p_pert)) / -max(abs(sum(p_theta)), p_floor)
+            mrd_sum += abs(delta)
+    return mrd_sum / num_samples
+
+
+# ----------------------------------------------------------------------------------------------
+# δ_k: common random numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_perturbation_is_deterministic_named_and_antithetic():
+    a = perturbation("w", (3, 1000), 5, sigma=0.1, seed=7)
+    assert torch.equal(a, perturbation("w", (3, 1000), 5, sigma=0.1, seed=7))
+    assert not torch.equal(a, perturbation("w", (3, 1000), 6, sigma=0.1, seed=7))
+    assert not torch.equal(a, perturbation("v", (3, 1000), 5, sigma=0.1, seed=7))
+    assert not torch.equal(a, perturbation("w", (3, 1000), 5, sigma=0.1, seed=8))
+    assert a.dtype == torch.float32
+    assert abs(a.mean().item()) < 0.01 and abs(a.std().item() - 0.1) < 0.005
+    plus = perturbation("w", (50,), 4, sigma=0.1, antithetic=True)
+    assert torch.equal(perturbation("w", (50,), 5, sigma=0.1, antithetic=True), -plus)
+    assert torch.equal(plus, perturbation("w", (50,), 2, sigma=0.1))  # pair j uses plain draw j
+
+
+def test_global_rng_untouched_and_modes_restored():
+    model = small_llama()
+    model.train()
+    model.model.layers[0].eval()  # a mixed mode must survive too
+    state = torch.get_rng_state()
+    precision = torch.backends.cudnn.conv.fp32_precision
+    mrd_scores(model, loader(make_dataset(3), 3), num_samples=2, progress=False)
+    assert torch.equal(state, torch.get_rng_state())
+    assert model.training and model.model.layers[1].training and not model.model.layers[0].training
+    assert torch.backends.cudnn.conv.fp32_precision == precision
+
+
+# ----------------------------------------------------------------------------------------------
+# Agreement with Algorithm 1, batch invariance, bit-exact restoration
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_matches_literal_algorithm1(tied, normalization):
+    # float64 weights: batched and single-sample forwards agree to ~1e-15. P_t is still rounded to
+    # fp32 (tokens.token_logprobs; the naive uses log_softmax), ~5e-7 absolute, so σ is large enough
+    # that this rounding is far below the tolerance; the code path does not depend on σ.
+    model = small_llama(seed=1, tied=tied, dtype=torch.float64)
+    rows = make_dataset(5, seed=1)
+    sigma, k = 1e-2, 6
+    ours = mrd_scores(model, loader(rows, 3), sigma=sigma, num_samples=k, seed=3,
+                      normalization=normalization, progress=False)
+    naive = torch.tensor([naive_algorithm1(model, r, sigma, k, seed=3, normalization=normalization) for r in rows])
+    assert ours.shape == (5,) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, naive.float(), rtol=1e-4, atol=0)
+
+
+def test_batch_size_and_order_invariance():
+    rows = make_dataset(8, seed=2)
+    model = small_llama(seed=2, dtype=torch.float64)
+    one = mrd_scores(model, loader(rows, 1), num_samples=8, progress=False)
+    four = mrd_scores(model, loader(rows, 4), num_samples=8, progress=False)
+    shuffled = mrd_scores(model, loader(rows, 4, shuffle=True, generator=torch.Generator().manual_seed(0)),
+                          num_samples=8, progress=False)
+    torch.testing.assert_close(one, four, rtol=1e-5, atol=0)
+    torch.testing.assert_close(one, shuffled, rtol=1e-5, atol=0)
+    # fp32 weights: only rounding of the forward differs between batch shapes
+    model32 = small_llama(seed=2)
+    one32 = mrd_scores(model32, loader(rows, 1), num_samples=8, progress=False)
+    four32 = mrd_scores(model32, loader(rows, 4), num_samples=8, progress=False)
+    torch.testing.assert_close(one32, four32, rtol=2e-2, atol=0)
+    torch.testing.assert_close(one32, one.float(), rtol=2e-2, atol=0)
+
+
+def _snapshot(model: nn.Module) -> list[tuple[torch.Tensor, int]]:
+    return [(p.detach().clone(), p.data_ptr()) for p in model.parameters()]
+
+
+def _assert_unchanged(model: nn.Module, snap) -> None:
+    for p, (before, ptr) in zip(model.parameters(), snap):
+        assert torch.equal(p.data, before) and p.data_ptr() == ptr and p.dtype == before.dtype
+
+
+@pytest.mark.parametrize("estimator", ["mean_abs", "abs_mean", "analytic"])
+def test_weights_bit_exact_after_scoring(estimator):
+    model = small_llama(seed=3, tied=True)
+    flags = [p.requires_grad for p in model.parameters()]
+    model.model.norm.weight.requires_grad_(False)
+    snap = _snapshot(model)
+    mrd_scores(model, loader(make_dataset(4), 2), num_samples=4, estimator=estimator, progress=False)
+    _assert_unchanged(model, snap)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.model.norm.weight.requires_grad and flags[0] == model.model.embed_tokens.weight.requires_grad
+
+
+def test_works_inside_inference_mode():
+    # e.g. a callback running inside Lightning's validation loop
+    model, rows = small_llama(seed=3), make_dataset(3)
+    expected = mrd_scores(model, loader(rows, 3), estimator="analytic", progress=False)
+    with torch.inference_mode():
+        got = mrd_scores(model, loader(make_dataset(3), 3), estimator="analytic", progress=False)
+        assert mrd_scores(model, loader(rows, 3), num_samples=2, progress=False).shape == (3,)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+class Boom(nn.Linear):
+    """A linear layer whose forward can raise after it has run with (perturbed) weights."""
+
+    armed_at, calls, saw_perturbed = -1, 0, False
+
+    def forward(self, x):
+        out = super().forward(x)
+        Boom.calls += 1
+        if Boom.calls == Boom.armed_at:
+            Boom.saw_perturbed = not torch.equal(self.weight.data, Boom.original)
+            raise RuntimeError("boom")
+        return out
+
+
+def test_weights_bit_exact_after_exception_in_forward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), Boom(4, 1))
+    Boom.original, Boom.calls, Boom.armed_at = model[1].weight.detach().clone(), 0, 3  # 3rd = 2nd perturbed pass
+    snap = _snapshot(model)
+    rows = [{"x": torch.randn(4), "index": torch.tensor(i)} for i in range(2)]
+
+    def logprob_fn(m, batch):
+        logp = -nn.functional.softplus(m(batch["x"]))  # (B, 1), a fake log-probability
+        return logp, torch.ones_like(logp, dtype=torch.bool)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        mrd_scores(model, loader(rows, 2), num_samples=4, logprob_fn=logprob_fn, progress=False)
+    assert Boom.saw_perturbed  # the exception hit while the weights were perturbed
+    _assert_unchanged(model, snap)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # hooks removed
+
+
+def test_nested_modules_sharing_a_parameter_see_one_delta():
+    class Child(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        def forward(self, x):
+            return x * self.w
+
+    class Parent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(5))
+            self.child = Child(self.w)
+
+        def forward(self, x):
+            return self.child(x) + x * self.w
+
+    model, x = Parent(), torch.arange(5.0)
+    with torch.no_grad(), ParameterPerturbation(model, sigma=0.1, seed=1) as perturb:
+        with perturb.draw(0):
+            out = model(x)
+    delta = perturbation("w", (5,), 0, sigma=0.1, seed=1)
+    torch.testing.assert_close(out, 2 * x * (1 + delta))
+    assert torch.equal(model.w.data, torch.ones(5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Estimators: analytic ≈ Monte Carlo, and the Hessian-trace quantity of Theorem 3.2
+# ----------------------------------------------------------------------------------------------
+
+
+def test_analytic_agrees_with_monte_carlo_at_large_k():
+    model = small_llama(seed=4)
+    rows = make_dataset(10, max_len=20, seed=4)
+    mc = mrd_scores(model, loader(rows, 10), num_samples=200, progress=False)
+    analytic = mrd_scores(model, loader(rows, 10), estimator="analytic", progress=False)
+    ratio = analytic / mc
+    assert abs(ratio.mean().item() - 1) < 0.1, ratio
+    assert (ratio - 1).abs().max() < 0.25, ratio
+    assert spearmanr(analytic.numpy(), mc.numpy()).statistic > 0.7
+
+
+class Quadratic(nn.Module):
+    """P_t(θ) = c_t + b_t·θ − ½ Σ_i a_ti θ_i²: H_t = −diag(a_t), so tr(H_t) = −Σ_i a_ti exactly."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.theta = nn.Parameter(torch.randn(dim, dtype=torch.float64) * 0.1)
+
+    def forward(self, batch):
+        a, b, c = batch["a"], batch["b"], batch["c"]  # (B, T, d), (B, T, d), (B, T)
+        return c + b @ self.theta - 0.5 * (a * self.theta ** 2).sum(-1)  # (B, T)
+
+
+def quadratic_logprob_fn(model, batch):
+    logp = model(batch)
+    return logp, torch.ones_like(logp, dtype=torch.bool)
+
+
+def test_abs_mean_with_antithetic_pairs_recovers_hessian_trace():
+    torch.manual_seed(0)
+    n, t, dim, sigma = 4, 3, 20000, 1e-3
+    model = Quadratic(dim)
+    f64 = dict(dtype=torch.float64)
+    rows = [{"a": torch.rand(t, dim, **f64) + 0.5, "b": 3 * torch.randn(t, dim, **f64),
+             "c": -torch.rand(t, **f64) * 4 - 1, "index": torch.tensor(i)} for i in range(n)]
+    with torch.no_grad():
+        stacked = {key: torch.stack([r[key] for r in rows]) for key in ("a", "b", "c")}
+        p_theta = model(stacked)  # (B, T)
+        trace = -stacked["a"].sum(-1)  # (B, T) = tr(H_t)
+        expected = (0.5 * sigma ** 2 * (trace / p_theta).sum(-1)).abs()  # Theorem 3.2
+    kw = dict(sigma=sigma, num_samples=8, estimator="abs_mean", logprob_fn=quadratic_logprob_fn, progress=False)
+    paired = mrd_scores(model, loader(rows, 2), antithetic=True, **kw).double()
+    plain = mrd_scores(model, loader(rows, 2), antithetic=False, **kw).double()
+    assert ((paired - expected).abs() / expected).max() < 0.05, (paired, expected)
+    assert ((plain - expected).abs() / expected).mean() > 1.0, (plain, expected)  # first-order noise wins
+    # the first-order score: mean_abs ≈ analytic = √(2/π)·σ·‖Σ_t b_t − a_t θ) / P_t‖
+    with torch.no_grad():
+        grad = ((stacked["b"] - stacked["a"] * model.theta) / p_theta[..., None]).sum(1)  # (B, d)
+        first_order = math.sqrt(2 / math.pi) * sigma * grad.norm(dim=-1)
+    analytic = mrd_scores(model, loader(rows, 2), sigma=sigma, estimator="analytic",
+                          logprob_fn=quadratic_logprob_fn, progress=False).double()
+    torch.testing.assert_close(analytic, first_order, rtol=1e-5, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation, numerics, input validation
+# ----------------------------------------------------------------------------------------------
+
+
+def test_relative_change_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -5.0], [0.0, -4.0, -1.0]])
+    pert = torch.tensor([[-1.1, -2.3, -9.0], [-1e-6, -4.4, -1.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    token = relative_change(logp, pert, mask, "token", p_floor=1e-6)
+    # row 0: 0.1/-1 + 0.3/-2 = -0.25; row 1: P=0 floored to -1e-6: 1e-6/-1e-6 + 0.4/-4 + 0 = -1.1
+    torch.testing.assert_close(token, torch.tensor([-0.25, -1.1], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    sequence = relative_change(logp, pert, mask, "sequence")
+    # row 0: (-3 + 3.4)/-3; row 1: (-5 + 5.400001)/-5
+    torch.testing.assert_close(sequence, torch.tensor([-0.4 / 3, -0.400001 / 5], dtype=torch.float64),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_low_precision_refused_unless_allowed():
+    model = small_llama(seed=5).to(torch.bfloat16)
+    dl = loader(make_dataset(2), 2)
+    with pytest.raises(ValueError, match="bf16|bfloat16"):
+        mrd_scores(model, dl, num_samples=2, progress=False)
+    assert mrd_scores(model, dl, num_samples=2, allow_low_precision=True, progress=False).shape == (2,)
+    upcast = mrd_scores(model, dl, num_samples=4, upcast=True, progress=False)
+    reference = mrd_scores(small_llama(seed=5).to(torch.bfloat16).float(), dl, num_samples=4, progress=False)
+    torch.testing.assert_close(upcast, reference, rtol=0, atol=0)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_bad_input_raises():
+    model, rows = small_llama(), make_dataset(4)
+    dl = loader(rows, 2)
+    for kwargs, message in [
+        (dict(estimator="median"), "estimator"),
+        (dict(sigma=0.0), "sigma"),
+        (dict(sigma=float("nan")), "sigma"),
+        (dict(normalization="word"), "normalization"),
+        (dict(p_floor=-1.0), "p_floor"),
+        (dict(num_samples=0), "num_samples"),
+        (dict(estimator="abs_mean", num_samples=3), "even"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            mrd_scores(model, dl, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="covered 2 of 4"):
+        mrd_scores(model, loader(rows, 2, sampler=[0, 1]), num_samples=2, progress=False)
+    no_index = [{k: v for k, v in r.items() if k != "index"} for r in rows]
+    with pytest.raises(ValueError, match="'index'"):
+        mrd_scores(model, loader(no_index, 2), num_samples=2, progress=False)
+    empty = [dict(r) for r in rows]
+    empty[3]["labels"] = torch.full_like(empty[3]["labels"], -100)
+    with pytest.raises(ValueError, match=r"index \[3\] have no labelled tokens"):
+        mrd_scores(model, loader(empty, 2), num_samples=2, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed: 2 gloo processes with DistributedSampler shards == 1 process
+# ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        rows = make_dataset(7, seed=6)  # odd: the sampler pads one shard with a repeated sample
+        sampler = torch.utils.data.DistributedSampler(rows, num_replicas=world, rank=rank, shuffle=True, seed=1)
+        model = small_llama(seed=6, dtype=torch.float64)
+        for estimator in ("mean_abs", "analytic"):
+            scores = mrd_scores(model, loader(rows, 2, sampler=sampler), num_samples=6, estimator=estimator,
+                                progress=False)
+            torch.save(scores, os.path.join(out_dir, f"{estimator}_{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_matches_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    model, rows = small_llama(seed=6, dtype=torch.float64), make_dataset(7, seed=6)
+    for estimator in ("mean_abs", "analytic"):
+        single = mrd_scores(model, loader(rows, 3), num_samples=6, estimator=estimator, progress=False)
+        rank0, rank1 = (torch.load(tmp_path / f"{estimator}_{r}.pt") for r in range(2))
+        assert torch.equal(rank0, rank1)
+        torch.testing.assert_close(rank0, single, rtol=1e-5, atol=0)
