@@ -5,6 +5,7 @@
   :mod:`lit_unlearn.data` too (``--data UnlearningDataModule``); ``data.tokenizer`` is linked to
   ``model.tokenizer`` so the two always agree.
 * ``lit-unlearn demo`` — the embedded-default pipeline (see :mod:`lit_unlearn.pipeline`).
+* ``lit-unlearn report RUN1 RUN2 ... --out DIR`` — compare evaluation reports (table + UC-vs-UT scatter).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import lit_unlearn.objectives  # noqa: F401  (registers the objectives for short
 from lit_unlearn.data.tofu import TOFUDataModule
 from lit_unlearn.objectives.lm import CausalLMModule
 
-EXTRA_COMMANDS = ("demo",)
+EXTRA_COMMANDS = ("demo", "report")
 
 
 class UnlearnCLI(LightningCLI):
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         from lit_unlearn.pipeline import demo_main
 
         demo_main(argv[1:])
+        return
+    if argv and argv[0] == "report":
+        from lit_unlearn.evaluation.cli import report_main
+
+        report_main(argv[1:])
         return
     lightning_cli(argv)
 

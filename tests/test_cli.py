@@ -41,7 +41,8 @@ def test_short_class_names_resolve(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--model", "FinetuneModule", "--data", "TOFUDataModule", "--print_config"])
     out = capsys.readouterr().out
-    assert "lit_unlearn.objectives.finetune.FinetuneModule" in out and "TOFUDataModule" in out
+    assert "class_path: lit_unlearn.objectives.FinetuneModule" in out
+    assert "class_path: lit_unlearn.data.TOFUDataModule" in out
 
 
 def test_fit_writes_model_folder(tmp_path, builtin_tokenizer_path):

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 from lit_unlearn.data.tofu import TOFUDataModule
+from lit_unlearn.functional.tokens import nll_mean
 from lit_unlearn.models.loading import BUILTIN_MODEL, load_causal_lm, load_tokenizer
 from lit_unlearn.objectives import FinetuneModule
 from lit_unlearn.utils.io import atomic_directory, atomic_write_text
@@ -43,11 +44,11 @@ def test_finetune_learns_and_saves_reloadable_folder(tmp_path, builtin_tokenizer
     batch = data.collate([data.train_dataset[i] for i in range(10)])
     module.configure_model()
     with torch.no_grad():
-        before = module.training_step(batch, 0).item()
+        before = nll_mean(*module.sample_logprobs(batch)).item()
     quick_trainer(40).fit(module, datamodule=data)
     module.model.eval()
     with torch.no_grad():
-        after = module.training_step(batch, 0).item()
+        after = nll_mean(*module.sample_logprobs(batch)).item()
         logits = module(batch["input_ids"], batch["attention_mask"])
     assert after < before - 1.0, (before, after)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()

@@ -251,9 +251,9 @@ def collate(items):
 class PlainData(L.LightningDataModule):
     """The protocol: forget_dataset, forget_sampler (a WeightedDistributedSampler), collate."""
 
-    def __init__(self):
+    def __init__(self, n: int = N):
         super().__init__()
-        self.forget_dataset = TokenDataset()
+        self.forget_dataset = TokenDataset(n)
         self.forget_sampler = None
         self.batch_size = 2
         self.collate = collate
@@ -304,13 +304,53 @@ def test_drop_in_plain_lightning_module(tmp_path):
     assert len(list((tmp_path / "mrd").glob("*.png"))) == 3
 
 
+class Recorder(L.Callback):
+    """Writes what each rank saw (draws, MRD history, sampler weights) to rank<k>.json (ddp_spawn loses state)."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        cb = next(c for c in trainer.callbacks if isinstance(c, MRDCurriculum))
+        record = {"drawn": pl_module.drawn, "history": cb.history,
+                  "sampler_weights": trainer.datamodule.forget_sampler.weights.tolist(),
+                  "world_size": trainer.world_size}
+        with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(record, f)
+
+
+def test_ddp_two_processes(tmp_path):
+    """2 gloo processes: every rank gets the same scores (= one process's), and draws its slice of one sample."""
+    n = 9  # odd: the sampler pads the draw to 10 = 2 x 5
+    module, data = PlainGA(), PlainData(n)
+    initial = copy.deepcopy(module.model)
+    cb = MRDCurriculum(every_n_epochs=1, num_samples=K, log_histogram=False)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), callbacks=[cb, Recorder(str(tmp_path))])
+    trainer.fit(module, datamodule=data)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["history"] == ranks[1]["history"] and ranks[0]["sampler_weights"] == ranks[1]["sampler_weights"]
+    history = ranks[0]["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    loader = DataLoader(data.forget_dataset, batch_size=3, collate_fn=collate)
+    direct = mrd_scores(initial, loader, num_samples=K, progress=False)
+    torch.testing.assert_close(torch.tensor(history[0]["scores"]), direct, rtol=1e-5, atol=0)
+    for epoch in range(2):
+        full = expected_draws(history[epoch]["probabilities"], epoch, 10, seed=7)
+        for rank in range(2):
+            assert ranks[rank]["drawn"][str(epoch)] == full[rank::2]
+    assert json.loads((tmp_path / "mrd" / "mrd_history.json").read_text())["history"] == history
+
+
 def test_protocol_errors(tmp_path):
     class NoModel(L.LightningModule):
         def training_step(self, batch, batch_idx):
             return None
 
     with pytest.raises(ValueError, match=r"\.model"):
-        MRDCurriculum().setup(make_trainer(tmp_path, [], 1), NoModel(), "fit")
+        MRDCurriculum().on_fit_start(make_trainer(tmp_path, [], 1), NoModel())
 
     class NoSampler(PlainData):
         def train_dataloader(self):

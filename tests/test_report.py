@@ -16,7 +16,6 @@ from lit_unlearn.evaluation.report import (
     finalize_report,
     forget_quality_from_reports,
     load_report,
-    model_utility_entry,
     render_markdown,
     write_report,
 )

@@ -1,4 +1,5 @@
 """Lightning callbacks that drop into any project following the small protocol in their docstrings."""
 from lit_unlearn.callbacks.geffect import GEffectMonitor
+from lit_unlearn.callbacks.report import TOFUReport
 
-__all__ = ["GEffectMonitor"]
+__all__ = ["GEffectMonitor", "TOFUReport"]

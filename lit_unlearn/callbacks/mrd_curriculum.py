@@ -191,9 +191,8 @@ class MRDCurriculum(Callback):
     # ------------------------------------------------------------------------------------------
     # Lightning hooks
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # not in setup(): Lightning calls configure_model (which builds the model) after the setup hooks
         if not isinstance(getattr(pl_module, "model", None), nn.Module):
             raise ValueError(
                 f"MRDCurriculum needs the causal LM at `{type(pl_module).__name__}.model` (an nn.Module), "

@@ -195,9 +195,14 @@ class TOFUDataModule(L.LightningDataModule):
                            collate_fn=collate, num_workers=self.num_workers) for ds in self.eval_datasets()]
 
     def val_dataloader(self) -> list[DataLoader]:
-        trainer = getattr(self, "_trainer", None)
-        fitting = trainer is not None and trainer.state.fn is not None and trainer.state.fn.value == "fit"
+        trainer = getattr(self, "trainer", None)
+        fn = getattr(getattr(trainer, "state", None), "fn", None)
+        fitting = fn is not None and getattr(fn, "value", fn) == "fit"
         if fitting and not self.eval_during_fit:
+            import warnings
+
+            # no evaluation while training: Lightning would warn that the (empty) loader list has length zero
+            warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
             return []
         return self.eval_dataloaders()
 

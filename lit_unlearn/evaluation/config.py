@@ -5,7 +5,7 @@ Kept free of heavy imports: ``objectives/lm.py`` imports it for its constructor 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 #: the evaluation splits of the TOFU suite: key -> default split name (DESIGN.md §3)

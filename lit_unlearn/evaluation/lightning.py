@@ -67,20 +67,20 @@ class LightningEvalRunner:
         eval_sets = [d for d in self.datasets if isinstance(d, EvalDataset)]
         self.evaluator = None
         self._start_time = time.perf_counter()
-        if not eval_sets:
+        if not eval_sets or trainer.sanity_checking:  # the suite is slow: no sanity-check pass over it
             return
         keys = [d.spec.key for d in eval_sets]
         if len(set(keys)) != len(keys):
             raise ValueError(f"Evaluation loaders repeat a split key: {keys}.")
-        if not trainer.sanity_checking:
-            forget = next((d for d in eval_sets if d.spec.key == "forget"), None)
-            check_retain_report(self.config.retain_report, forget)
+        forget = next((d for d in eval_sets if d.spec.key == "forget"), None)
+        check_retain_report(self.config.retain_report, forget)
         self.evaluator = TOFUEvaluator(self.config, [d.spec for d in eval_sets], eval_sets[0].tokenizer)
 
     def step(self, pl_module, batch: dict[str, Any], dataloader_idx: int = 0) -> None:
         dataset = self.datasets[dataloader_idx] if dataloader_idx < len(self.datasets) else None
-        if isinstance(dataset, EvalDataset) and self.evaluator is not None:
-            self.evaluator.update(dataset.spec.key, batch, pl_module.model)
+        if isinstance(dataset, EvalDataset):
+            if self.evaluator is not None:  # None during the sanity check
+                self.evaluator.update(dataset.spec.key, batch, pl_module.model)
             return
         if isinstance(batch, dict) and {"input_ids", "labels"} <= set(batch):  # a plain QA/text loader
             logits = pl_module.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
@@ -96,9 +96,6 @@ class LightningEvalRunner:
         from lit_unlearn.evaluation.report import finalize_report, write_report
 
         if self.evaluator is None:
-            return None
-        if trainer.sanity_checking:
-            self.evaluator = None
             return None
         results = self.evaluator.compute()  # collective: every rank gets the synced values
         report = finalize_report(results, self.metadata(trainer, pl_module, stage), self.config.retain_report)

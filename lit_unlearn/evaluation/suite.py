@@ -59,7 +59,8 @@ def extraction_likelihood_any_length(continuations: Sequence[Sequence[int]], tar
 
 class ExtractionLikelihoodAnyLength(ExtractionLikelihood):
     """:class:`~lit_unlearn.metrics.ExtractionLikelihood` robust to short answers (see
-    :func:`extraction_likelihood_any_length`); ``reduced_n`` lists the local indices that used ``n' < n``."""
+    :func:`extraction_likelihood_any_length`). The report counts the samples scored with ``n' < n``
+    (``el_reduced_n``)."""
 
     def update(self, continuations, targets, index: Tensor | None = None) -> None:
         if len(continuations) != len(targets):

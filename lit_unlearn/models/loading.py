@@ -46,7 +46,13 @@ def load_tokenizer(name_or_path: str, pad_token: str | None = None) -> PreTraine
 def check_causal_lm(name_or_path: str) -> None:
     """Raise a clear error when ``name_or_path`` is not a causal language model."""
     config = AutoConfig.from_pretrained(name_or_path)
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    saved_as = config.architectures or []
+    # the model type must have a causal-LM head, and a checkpoint saved from a non-causal class (BertModel,
+    # BertForMaskedLM ...) is refused even when its type also has a decoder variant
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+        saved_as and not any(arch in causal_classes for arch in saved_as)
+    ):
         raise ValueError(
             f"{name_or_path!r} is a {config.model_type!r} model ({', '.join(config.architectures or [])}),"
             " not a causal language model. Unlearning needs a decoder that predicts the next token"

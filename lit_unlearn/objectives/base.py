@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_unlearn.evaluation.config import EvalConfig
 from lit_unlearn.functional import tokens
 from lit_unlearn.objectives.lm import CausalLMModule
 from lit_unlearn.objectives.reference import ReferenceLogprobCache
@@ -75,8 +76,10 @@ class UnlearningModule(CausalLMModule):
         dtype: str | None = None,
         save_dir: str | None = None,
         seed: int = 0,
+        eval_config: EvalConfig | None = None,
     ):
-        super().__init__(model_name_or_path, tokenizer, lr, weight_decay, warmup_steps, dtype, save_dir, seed)
+        super().__init__(model_name_or_path, tokenizer, lr, weight_decay, warmup_steps, dtype, save_dir, seed,
+                         eval_config=eval_config)
         if retain_loss not in self.retain_losses:
             raise ValueError(f"retain_loss must be one of {self.retain_losses}, got {retain_loss!r}.")
         if reference not in REFERENCE_MODES:

@@ -10,8 +10,7 @@ from lit_unlearn.objectives.lm import CausalLMModule
 class FinetuneModule(CausalLMModule):
     """Minimise NLL_mean (token mean over answer tokens, the Hugging Face convention) on one dataset.
 
-    ``validation_step`` reports the NLL and the memorisation accuracy (argmax next-token accuracy over
-    answer tokens) of whatever validation loader the datamodule provides.
+    ``lit-unlearn validate`` runs the TOFU evaluation suite inherited from :class:`CausalLMModule`.
     """
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -66,6 +66,8 @@ class CausalLMModule(L.LightningModule):
         self.extra_metadata: dict[str, Any] = {}
         self.eval_config = EvalConfig.coerce(eval_config)
         self._eval_runner = None
+        # the init arguments of the whole subclass chain, so `load_from_checkpoint` can rebuild the module
+        self.save_hyperparameters()
 
     # -- model ----------------------------------------------------------------------------------------
     def load_tokenizer(self):
@@ -86,7 +88,9 @@ class CausalLMModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = self.build_model()
+            # from_pretrained returns the model in eval mode; follow the LightningModule's mode instead, so
+            # dropout is active while training
+            self.model = self.build_model().train(self.training)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
