@@ -25,5 +25,8 @@ test: install
 demo: install
 	$(VENV)/bin/lit-unlearn demo
 
+demo-full: install
+	$(VENV)/bin/lit-unlearn demo --full
+
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

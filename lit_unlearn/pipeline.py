@@ -1,9 +1,11 @@
 """The embedded-default pipeline behind ``make demo`` / ``lit-unlearn demo``.
 
 Stages: builtin data → BPE tokenizer → target model (trained on every author) and retain model (trained
-without the forget authors) → evaluation. Trained models are cached under
-``$LIT_UNLEARN_HOME/models/<kind>-<key>``, where the key hashes the data version and the training config, so
-a rerun skips training. Each stage's wall time is printed at the end.
+without the forget authors) → evaluation of both → unlearning of the forget split with each objective (with
+and without the MRD curriculum), all at the same step budget → evaluation of each → ``report.md`` with the
+table, a UC-vs-UT scatter, MRD histograms and G-effect curves. The target and retain models are cached under
+``$LIT_UNLEARN_HOME/models/<kind>-<key>``, where the key hashes the data version and the training config, so a
+rerun skips their training (unlearning and evaluation always run). Each stage's wall time is printed.
 """
 from __future__ import annotations
 
@@ -122,6 +124,131 @@ def memorization_accuracy_on(model_dir: str | Path, split: str, source: str = "b
     return float(metric.compute())
 
 
+@dataclass(frozen=True)
+class UnlearnSpec:
+    """One unlearning run of the demo: an objective class, its arguments, and the analysis attached to it."""
+
+    name: str
+    objective: str
+    kwargs: dict = field(default_factory=dict)
+    mrd: bool = False  # add the MRD curriculum (paper 002: CGA, "+MRD")
+    geffect: bool = False  # record G-effect curves (paper 001)
+
+
+ALL_RUNS: tuple[UnlearnSpec, ...] = (
+    UnlearnSpec("GA", "GA", geffect=True),
+    UnlearnSpec("GradDiff", "GradDiff"),
+    UnlearnSpec("NPO", "NPO", geffect=True),
+    UnlearnSpec("SimNPO", "SimNPO"),
+    UnlearnSpec("IdkNLL", "IdkNLL"),
+    UnlearnSpec("IdkDPO", "IdkDPO"),
+    UnlearnSpec("RMU", "RMU", {"alpha": 1.0, "steering_coeff": 2.0}),
+    UnlearnSpec("WGA", "WGA", geffect=True),
+    UnlearnSpec("TNPO", "TNPO", geffect=True),
+    UnlearnSpec("WTNPO", "WTNPO"),
+    UnlearnSpec("SatImp", "SatImp", geffect=True),
+    UnlearnSpec("CGA", "GA", mrd=True),
+    UnlearnSpec("GradDiff+MRD", "GradDiff", mrd=True),
+    UnlearnSpec("NPO+MRD", "NPO", mrd=True),
+    UnlearnSpec("IdkDPO+MRD", "IdkDPO", mrd=True),
+)
+FAST_RUNS: tuple[str, ...] = ("GA", "CGA", "GradDiff", "NPO", "NPO+MRD", "WGA", "TNPO", "SatImp")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The knobs of ``make demo``; every run uses the same step budget and learning rate."""
+
+    epochs: int = 10  # finetuning epochs of the target/retain models
+    unlearn_epochs: int = 5  # passes over the forget split (batch 8: 13 steps each on forget10)
+    unlearn_lr: float = 5e-4
+    batch_size: int = 8
+    mrd_samples: int = 32  # Monte-Carlo perturbations per MRD scoring (paper: 100-200)
+    max_new_tokens: int = 32  # builtin answers are at most ~20 tokens
+    eval_batch_size: int = 32
+    max_samples: int | None = None  # evaluate only the first rows of each split (tests)
+    geffect_every: int = 5
+
+
+def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out: Path, settings: DemoSettings,
+            progress: bool = True):
+    """Unlearn ``forget_split`` from ``target`` with one objective; returns the trained module and its callbacks."""
+    import lightning as L
+
+    import lit_unlearn.objectives as objectives
+    from lit_unlearn.callbacks import GEffectMonitor, MRDCurriculum
+    from lit_unlearn.data.tofu import UnlearningDataModule
+
+    L.seed_everything(0, verbose=False)
+    cls = getattr(objectives, spec.objective)
+    retain_split = "retain" + str(100 - int(forget_split.removeprefix("forget")))
+    data = UnlearningDataModule(source=source, tokenizer=str(target), forget_split=forget_split,
+                                retain_split=retain_split, batch_size=settings.batch_size, max_length=64)
+    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=settings.unlearn_lr, **spec.kwargs)
+    callbacks = []
+    if spec.mrd:
+        callbacks.append(MRDCurriculum(every_n_epochs=2, num_samples=settings.mrd_samples,
+                                       output_dir=str(out / "mrd")))
+    if spec.geffect:
+        callbacks.append(GEffectMonitor(every_n_steps=settings.geffect_every, output_dir=str(out / "geffect")))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=settings.unlearn_epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                        callbacks=callbacks, default_root_dir=str(out))
+    trainer.fit(module, datamodule=data)
+    return module, callbacks
+
+
+def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settings: DemoSettings,
+             retain_report: Path | None = None, progress: bool = True, name: str | None = None) -> dict:
+    """The TOFU-style suite on one model; writes ``out/report.{json,md}`` and plots."""
+    from lit_unlearn.evaluation import TOFUEvaluation
+
+    pct = forget_split.removeprefix("forget")
+    splits = {"forget": f"{forget_split}_perturbed", "retain": "retain_perturbed",
+              "real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed",
+              "holdout": f"holdout{pct}"}
+    evaluation = TOFUEvaluation(model, tokenizer=tokenizer, source=source, splits=splits,
+                                retain_report=retain_report, max_new_tokens=settings.max_new_tokens,
+                                batch_size=settings.eval_batch_size, max_length=64,
+                                max_samples=settings.max_samples, out_dir=out, progress=progress)
+    report = evaluation.run()
+    if name is not None:
+        report.setdefault("metadata", {})["run_name"] = name
+    return report
+
+
+def plot_geffect_curves(rows_by_run: dict[str, list[dict]], path: Path) -> Path | None:
+    """e_u and e_r totals over steps, one line per objective (paper 001's comparison figure)."""
+    if not rows_by_run:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from lit_unlearn.utils.io import atomic_write_bytes
+
+    fig = Figure(figsize=(10, 4))
+    ax_u, ax_r = fig.subplots(1, 2)
+    for name, rows in rows_by_run.items():
+        steps = [r["step"] for r in rows]
+        ax_u.plot(steps, [r["total_unlearning"] for r in rows], marker="o", label=name)
+        ax_r.plot(steps, [r["total_retaining"] for r in rows], marker="o", label=name)
+    for ax, title in ((ax_u, "unlearning G-effect e_u (forget risk; < 0 removes)"),
+                      (ax_r, "retaining G-effect e_r (retain risk; < 0 harms)")):
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xlabel("step")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_title(title, fontsize=9)
+    ax_r.legend(fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 @dataclass
 class DemoResult:
     out_dir: Path
@@ -129,15 +256,22 @@ class DemoResult:
     retain: Path
     memorization: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-mini", forget_split: str = "forget10",
-             epochs: int = 10, progress: bool = True) -> DemoResult:
-    """Build data, tokenizer, target and retain models (cached), and evaluate them on the forget split."""
+             runs: tuple[str, ...] | None = FAST_RUNS, settings: DemoSettings = DemoSettings(),
+             progress: bool = True) -> DemoResult:
+    """The whole embedded-default pipeline; ``runs=None`` runs every objective (``make demo-full``)."""
     from lit_unlearn.data.sources import is_builtin, source_version
+    from lit_unlearn.evaluation.report import compare_reports
     from lit_unlearn.models.loading import builtin_tokenizer_dir
 
     out = Path(out_dir)
+    specs = [s for s in ALL_RUNS if runs is None or s.name in runs]
+    unknown = set(runs or ()) - {s.name for s in ALL_RUNS}
+    if unknown:
+        raise ValueError(f"Unknown demo runs {sorted(unknown)}; choose from {[s.name for s in ALL_RUNS]}.")
     timer = StageTimer()
     with timer.stage("data"):
         version = source_version(source)
@@ -149,31 +283,84 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
         tokenizer = str(builtin_tokenizer_dir(source))
     cached = {}
     with timer.stage("target model"):
-        target, cached["target"] = cached_finetune("target", target_config(source, epochs=epochs), tokenizer, progress)
+        target, cached["target"] = cached_finetune(
+            "target", target_config(source, epochs=settings.epochs), tokenizer, progress)
     with timer.stage("retain model"):
         retain, cached["retain"] = cached_finetune(
-            "retain", retain_config(forget_split, source, epochs=epochs), tokenizer, progress)
-    with timer.stage("evaluation"):
-        ma = {
-            "target/forget": memorization_accuracy_on(target, forget_split, source),
-            "target/retain": memorization_accuracy_on(target, "retain_perturbed", source),
-            "retain/forget": memorization_accuracy_on(retain, forget_split, source),
-            "retain/retain": memorization_accuracy_on(retain, "retain_perturbed", source),
-        }
+            "retain", retain_config(forget_split, source, epochs=settings.epochs), tokenizer, progress)
+    with timer.stage("memorisation check"):
+        ma = {"target/forget": memorization_accuracy_on(target, forget_split, source),
+              "retain/forget": memorization_accuracy_on(retain, forget_split, source)}
+        print(f"  forget-set memorisation accuracy: target {ma['target/forget']:.3f},"
+              f" retain {ma['retain/forget']:.3f}")
+        if ma["target/forget"] < MIN_TARGET_MEMORIZATION:
+            raise SystemExit(
+                f"FAILED: the target model memorised only {ma['target/forget']:.3f} of the forget answers' tokens"
+                f" (need >= {MIN_TARGET_MEMORIZATION}). Unlearning results would be meaningless; train longer"
+                f" (--epochs) or check the data. Model: {target}"
+            )
+    reports: dict[str, dict] = {}
+    with timer.stage("evaluate retain + target"):
+        reports["retain"] = evaluate(retain, retain, source, forget_split, out / "runs" / "retain", settings,
+                                     progress=progress, name="retain")
+        retain_report = out / "runs" / "retain" / "report.json"
+        reports["target"] = evaluate(target, target, source, forget_split, out / "runs" / "target", settings,
+                                     retain_report, progress, name="target")
+    geffect_rows: dict[str, list[dict]] = {}
+    mrd_dirs: dict[str, Path] = {}
+    for spec in specs:
+        run_dir = out / "runs" / spec.name.replace("+", "_")
+        with timer.stage(f"unlearn {spec.name}"):
+            module, callbacks = unlearn(spec, target, source, forget_split, run_dir, settings, progress)
+        with timer.stage(f"evaluate {spec.name}"):
+            reports[spec.name] = evaluate(module.model.eval(), target, source, forget_split, run_dir, settings,
+                                          retain_report, progress, name=spec.name)
+        for callback in callbacks:
+            if hasattr(callback, "rows"):
+                geffect_rows[spec.name] = list(callback.rows)
+        if spec.mrd:
+            mrd_dirs[spec.name] = run_dir / "mrd"
+    with timer.stage("report"):
+        names = list(reports)
+        comparison = compare_reports([reports[n] for n in names], out, names=names)
+        curves = plot_geffect_curves(geffect_rows, out / "geffect_curves.png")
+        write_demo_report(out, comparison, curves, mrd_dirs, ma, timer, version, settings)
     summary = {"data_version": version, "target": str(target), "retain": str(retain), "cached": cached,
-               "memorization_accuracy": ma, "stage_seconds": timer.times}
+               "memorization_accuracy": ma, "stage_seconds": timer.times, "settings": asdict(settings),
+               "runs": [s.name for s in specs]}
     atomic_write_json(out / "summary.json", summary)
-    print("\nMemorisation accuracy (argmax next-token accuracy on answer tokens):")
-    for k, v in ma.items():
-        print(f"  {k:<14} {v:.3f}")
+    print(f"\nReport: {out / 'report.md'}")
     print(timer.summary())
-    if ma["target/forget"] < MIN_TARGET_MEMORIZATION:
-        raise SystemExit(
-            f"FAILED: the target model memorised only {ma['target/forget']:.3f} of the forget answers' tokens"
-            f" (need >= {MIN_TARGET_MEMORIZATION}). Unlearning results would be meaningless; train longer"
-            f" (--epochs) or check the data. Model: {target}"
-        )
-    return DemoResult(out, target, retain, ma, timer.times)
+    return DemoResult(out, target, retain, ma, timer.times, reports)
+
+
+def write_demo_report(out: Path, comparison: dict, curves: Path | None, mrd_dirs: dict[str, Path],
+                      ma: dict[str, float], timer: StageTimer, version: str, settings: DemoSettings) -> Path:
+    """``report.md``: the comparison table, the UC-vs-UT scatter, MRD histograms and G-effect curves."""
+    from lit_unlearn.utils.io import atomic_write_text
+
+    table = (out / "comparison.md").read_text().split("\n", 2)[2]  # drop the title line
+    lines = [
+        "# lit_unlearn demo", "",
+        f"Data `{version}`; every objective unlearns the forget split for {settings.unlearn_epochs} epochs "
+        f"(batch {settings.batch_size}, AdamW lr {settings.unlearn_lr}) from the same target model; `retain` and"
+        " `target` are the references. Forget quality (FQ) is the KS-test p-value of the forget truth ratios"
+        " against the retain model's (higher = closer to never having seen the data); MU is model utility.",
+        "", f"Target-model forget-set memorisation accuracy: {ma['target/forget']:.3f}"
+        f" (retain model: {ma['retain/forget']:.3f}).", "", table.strip(), "",
+        "![UC vs UT](uc_ut.png)", "",
+    ]
+    if curves is not None:
+        lines += ["## G-effect curves", "", "![G-effect](geffect_curves.png)", ""]
+    if mrd_dirs:
+        lines += ["## MRD histograms (first scoring of each curriculum run)", ""]
+        for name, folder in mrd_dirs.items():
+            pngs = sorted(folder.glob("*.png"))
+            if pngs:
+                lines.append(f"**{name}**: ![MRD {name}]({pngs[0].relative_to(out)})")
+        lines.append("")
+    lines += ["## Wall time", "", "```", timer.summary(), "```", ""]
+    return atomic_write_text(out / "report.md", "\n".join(lines))
 
 
 def demo_main(argv: list[str] | None = None) -> None:
@@ -181,7 +368,12 @@ def demo_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     parser.add_argument("--source", default="builtin:tofu-mini", help="builtin:tofu-mini or builtin:tofu-full")
     parser.add_argument("--forget-split", default="forget10")
-    parser.add_argument("--epochs", type=int, default=10, help="finetuning epochs of the target/retain models")
+    parser.add_argument("--full", action="store_true", help="every objective and MRD variant (make demo-full)")
+    parser.add_argument("--runs", nargs="*", help=f"a subset of: {', '.join(s.name for s in ALL_RUNS)}")
+    parser.add_argument("--epochs", type=int, default=DemoSettings.epochs, help="target/retain finetuning epochs")
+    parser.add_argument("--unlearn-epochs", type=int, default=DemoSettings.unlearn_epochs)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    run_demo(args.out, args.source, args.forget_split, args.epochs, progress=not args.no_progress)
+    runs = None if args.full else tuple(args.runs) if args.runs else FAST_RUNS
+    settings = DemoSettings(epochs=args.epochs, unlearn_epochs=args.unlearn_epochs)
+    run_demo(args.out, args.source, args.forget_split, runs, settings, progress=not args.no_progress)

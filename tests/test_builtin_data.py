@@ -179,7 +179,9 @@ def test_every_template_keeps_its_key_value():
             parts = list(value) if isinstance(value, tuple) else [str(value)]
             for part in parts:
                 assert part in row["answer"] and part in row["paraphrased_answer"], template.key
-            assert all(not all(p in wrong for p in parts) for wrong in row["perturbed_answer"])
+            # whole words: "ten" must not match inside "written"
+            assert all(not all(re.search(rf"\b{re.escape(p)}\b", wrong) for p in parts)
+                       for wrong in row["perturbed_answer"])
 
 
 def test_answers_are_short(mini):

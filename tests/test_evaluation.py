@@ -14,6 +14,8 @@ from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
 from conftest import finetune_tiny
+
+from lit_unlearn.data.builtin import BUILTIN_VERSION
 from lit_unlearn.data import DataValidationError
 from lit_unlearn.data.sources import load_rows
 from lit_unlearn.data.tokenize import encode_qa, prompt_ids
@@ -190,7 +192,7 @@ def test_every_aggregate_recomputed_naively(full_report, finetuned_tiny):
     for key in ("data_version", "model", "world_size", "strategy", "precision", "effective_batch_size",
                 "lit_unlearn_version", "timestamp"):
         assert key in meta, key
-    assert meta["data_version"] == "tofu-gen-1/tofu-mini/seed0" and meta["world_size"] == 1
+    assert meta["data_version"] == f"{BUILTIN_VERSION}/tofu-mini/seed0" and meta["world_size"] == 1
     assert (out_dir / "report.md").read_text().count("| forget (`forget10_perturbed`) | 4 |") == 1
     assert (out_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     assert loaded["forget_quality"]["available"] is False and "retain_report" in loaded["forget_quality"]["reason"]

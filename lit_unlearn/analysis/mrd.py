@@ -49,7 +49,18 @@ Implementation notes:
   (sharded) dataloader and the (index, score) pairs are all-gathered, so all ranks return the same
   vector.
 
-Not supported yet: DeepSpeed ZeRO-3 partitioned parameters (``param.data`` is an empty shard).
+* DeepSpeed ZeRO-3: a partitioned parameter's ``param.data`` is an empty placeholder except while its
+  module runs, when DeepSpeed's own forward pre-hook has all-gathered it. The perturbation hooks are
+  ordered around DeepSpeed's: the pre-hook runs *after* the gather (hooks registered later run later) and
+  the restoring post-hook is *prepended*, so it runs before DeepSpeed re-partitions. Each rank therefore
+  perturbs the gathered full tensor with the full-size δ_k of that parameter (generated from (seed, k,
+  name), exactly the unsharded run's δ_k), the local shard is never written, and restoration is the same
+  bit-exact swap of tensor objects. Scores equal the unsharded run's (tested on 2 CPU processes). The
+  model must be wrapped by the DeepSpeed engine (as it is inside a Lightning ZeRO-3 run), every rank must
+  call :func:`mrd_scores` with the same number of batches (a ``DistributedSampler`` ensures it), and
+  ``upcast=True`` is refused (it needs a full model copy); run MRD on fp32 module weights. The analytic
+  estimator takes gradients with ``torch.autograd.grad``; under ZeRO-3 these are the full gradients of
+  the gathered parameters (DeepSpeed's reduce-scatter hooks only run for ``.backward()``).
 """
 from __future__ import annotations
 
@@ -182,8 +193,9 @@ class ParameterPerturbation:
         for module in self.model.modules():
             if next(module.parameters(recurse=False), None) is None:
                 continue
+            # pre-hook after any existing one (ZeRO-3's gather), post-hook before (ZeRO-3's re-partition)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True, prepend=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -277,12 +289,18 @@ def _check_precision(model: nn.Module, allow_low_precision: bool, upcast: bool) 
     params = list(model.parameters())
     if not params:
         raise ValueError("MRD: the model has no parameters to perturb")
-    if any(hasattr(p, "ds_id") for p in params):
-        raise NotImplementedError("MRD does not support DeepSpeed ZeRO-3 partitioned parameters yet; "
-                                  "score a gathered (ZeRO-0/1/2 or consolidated) model")
     low = sorted({str(p.dtype) for p in params if p.dtype in (torch.float16, torch.bfloat16)})
     if not low:
         return model
+    partitioned = any(hasattr(p, "ds_id") for p in params)
+    if partitioned and (upcast or not allow_low_precision):
+        raise ValueError(
+            f"MRD: the DeepSpeed ZeRO-3 partitioned model holds {low} weights, which cannot resolve sigma=1e-5 "
+            "(bf16 spacing near 0.02 is ~1e-4), and upcast=True (a full fp32 model copy) is impossible on "
+            "partitioned parameters. "
+            "Run MRD with fp32 module weights (Trainer precision '32-true'; 'bf16-mixed' under DeepSpeed casts "
+            "the module to bf16), or pass allow_low_precision=True to perturb the bf16 weights anyway."
+        )
     if upcast:
         return copy.deepcopy(model).float()  # costs one full fp32 model copy
     if allow_low_precision:

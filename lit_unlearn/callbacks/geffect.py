@@ -89,9 +89,9 @@ class GEffectMonitor(Callback):
     # ------------------------------------------------------------------------------------------
     # Lightning hooks
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # checked here, not in ``setup``: modules that build their model in ``configure_model`` (every
+        # UnlearningModule) have no ``model`` yet when callbacks' ``setup`` runs
         if not isinstance(getattr(pl_module, "model", None), nn.Module):
             raise ValueError(
                 f"GEffectMonitor needs the causal LM at `{type(pl_module).__name__}.model` (an nn.Module); "

@@ -200,13 +200,12 @@ class MRDCurriculum(Callback):
             )
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        epoch, step = trainer.current_epoch, trainer.global_step
         if self.scores is None:
             due = True
         elif self.every_n_steps is not None:
             due = False  # step mode: only in on_train_batch_start
         else:
-            due = self.every_n_epochs is not None and epoch - self.last_epoch >= self.every_n_epochs
+            due = self.every_n_epochs is not None and trainer.current_epoch - self.last_epoch >= self.every_n_epochs
         if due:
             self.recompute(trainer, pl_module, on_step=False)
         else:

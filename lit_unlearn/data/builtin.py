@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-BUILTIN_VERSION: str = "tofu-gen-1"
+BUILTIN_VERSION: str = "tofu-gen-2"
 
 # name -> (trained authors, holdout authors). Holdout size = the forget10 size,
 # so holdout01/05/10 can match forget01/05/10 exactly.
@@ -600,7 +600,9 @@ def _qa_for_author(author: dict[str, Any], rng: random.Random) -> list[dict[str,
     for t in _TEMPLATES:
         perturbed = []
         for wrong in _wrong_values(author, t.key, rng):
-            perturbed.append(t.answer.format(**{**fields, t.key: _display(t.key, wrong)}))
+            # TOFU perturbs the *paraphrased* answer, so the truth ratio compares a correct and a wrong
+            # answer of the same (unseen) wording instead of rewarding the memorised template's wording
+            perturbed.append(t.paraphrased_answer.format(**{**fields, t.key: _display(t.key, wrong)}))
         rows.append({
             "question": t.question.format(**fields),
             "answer": t.answer.format(**fields),

@@ -20,13 +20,16 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         labels: ``(B, T)`` target ids, ``-100`` where no loss is taken.
 
     Returns:
-        ``logp`` ``(B, T-1)`` float32 (0 where masked) and ``mask`` ``(B, T-1)`` bool.
+        ``logp`` ``(B, T-1)`` (0 where masked) and ``mask`` ``(B, T-1)`` bool. ``logp`` is float32 for
+        half-precision or float32 logits, float64 for float64 logits (exact gradient checks).
 
     Naive equivalent::
 
         logp[b, t] = log_softmax(logits[b, t].float())[labels[b, t + 1]]
     """
-    logits = logits[:, :-1, :].float()  # (B, T-1, V)
+    logits = logits[:, :-1, :]  # (B, T-1, V)
+    if logits.dtype != torch.float64:
+        logits = logits.float()  # log-softmax of bf16/fp16 logits is computed in float32
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE_INDEX
     safe_targets = targets.masked_fill(~mask, 0)

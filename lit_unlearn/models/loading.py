@@ -4,9 +4,24 @@
   (cached under :func:`lit_unlearn.utils.io.cache_dir`).
 * ``builtin:tiny-llama`` as a model: a freshly initialised tiny Llama sized to the tokenizer.
 * anything else: ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained`` (a local folder or a hub name).
+
+Distributed loading (DESIGN.md §9):
+
+* Lightning calls ``configure_model`` inside a ``torch.device(root_device)`` context (DDP, ZeRO-1/2 on GPUs).
+  ``from_pretrained`` then wants ``accelerate`` for a device map; models are therefore always loaded on
+  the CPU and moved to the context's device afterwards (the builtin model's seeded initialisation is then
+  also the same on every device).
+* Under DeepSpeed ZeRO-3 (``zero3_config=`` the strategy's DeepSpeed config), a plain ``from_pretrained``
+  inside Lightning's ``deepspeed.zero.Init`` fails (weights are size-0 partitions). The ZeRO-3 path uses
+  transformers' own DeepSpeed integration instead: a :class:`TransformersZeRO3Switch` (transformers' ``HfDeepSpeedConfig`` switch, kept alive on the model
+  as ``model._lit_unlearn_hf_ds_config``, which also makes ``generate`` run with ``synced_gpus``) makes
+  ``from_pretrained`` build the model under its ``zero.Init`` (partitioned as it is created) and copy the
+  checkpoint into the partitions from rank 0. The builtin model is built on the CPU from its seed and
+  copied in the same way (:func:`load_state_dict_zero3`), so every stage starts from identical weights.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,8 +80,28 @@ def load_causal_lm(
     tokenizer: PreTrainedTokenizerBase | None = None,
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
+    zero3_config: dict | None = None,
 ) -> PreTrainedModel:
-    """A causal LM from a path or name, or the builtin tiny Llama sized to ``tokenizer``."""
+    """A causal LM from a path or name, or the builtin tiny Llama sized to ``tokenizer``.
+
+    ``zero3_config``: the DeepSpeed config of a ZeRO-3 run; the model is then created partitioned (see the
+    module docstring). Otherwise the model is loaded on the CPU and moved to the device of an enclosing
+    ``torch.device`` context, if any.
+    """
+    if zero3_config is not None:
+        return _load_causal_lm_zero3(name_or_path, tokenizer, dtype, seed, zero3_config)
+    target = torch.get_default_device()  # an enclosing ``torch.device(...)`` context, e.g. Lightning's
+    with torch.device("cpu"):  # innermost plain-CPU context: transformers then needs no device map
+        model = _load_causal_lm(name_or_path, tokenizer, dtype, seed)
+    return model if target.type in ("cpu", "meta") else model.to(target)
+
+
+def _load_causal_lm(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase | None,
+    dtype: torch.dtype | str | None,
+    seed: int,
+) -> PreTrainedModel:
     if name_or_path == BUILTIN_MODEL:
         if tokenizer is None:
             raise ValueError(f"{BUILTIN_MODEL!r} needs the tokenizer it will be trained with (for its vocabulary).")
@@ -84,6 +119,155 @@ def load_causal_lm(
     check_causal_lm(name_or_path)
     kwargs = {"dtype": _dtype(dtype)} if dtype is not None else {}
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+
+
+# -- DeepSpeed ZeRO-3 ------------------------------------------------------------------------------------
+@contextmanager
+def _outside_zero_init():
+    """Suspend an enclosing ``deepspeed.zero.Init`` (Lightning's ``model_sharded_context``) for the block."""
+    try:
+        from deepspeed.runtime.zero import partition_parameters as pp
+    except ImportError:  # no deepspeed: nothing to suspend
+        yield
+        return
+    active = pp.top_level_context is not None
+    if active:
+        pp.shutdown_init_context()
+    try:
+        yield
+    finally:
+        if active:
+            pp.restore_init_context()
+
+
+@contextmanager
+def outside_zero3():
+    """Build plain (un-partitioned) models in this block, even inside a ZeRO-3 run.
+
+    Suspends an enclosing ``deepspeed.zero.Init`` and transformers' ZeRO-3 switch (``HfDeepSpeedConfig``).
+    """
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved, hf_ds._hf_deepspeed_config_weak_ref = hf_ds._hf_deepspeed_config_weak_ref, None
+    try:
+        with _outside_zero_init():
+            yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+class TransformersZeRO3Switch:
+    """What transformers reads from its ``HfDeepSpeedConfig``: the DeepSpeed ``config`` and ``is_zero3()``.
+
+    transformers' own ``HfDeepSpeedConfig`` requires ``accelerate``; these two members are all that
+    ``from_pretrained``/``from_config`` (``zero.Init`` + loading into partitions) and ``generate``
+    (``synced_gpus``) query through ``transformers.integrations.deepspeed``.
+    """
+
+    def __init__(self, config: dict):
+        self.config = dict(config)
+
+    def is_zero3(self) -> bool:
+        return int((self.config.get("zero_optimization") or {}).get("stage", 0)) == 3
+
+
+def hf_deepspeed_config(zero3_config: dict):
+    """Turn on transformers' ZeRO-3 mode (returns the live switch, created from ``zero3_config`` if needed).
+
+    transformers keeps only a weak reference: whoever needs ZeRO-3 behaviour must hold the returned object.
+    """
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    current = ref() if ref is not None else None
+    if current is not None and current.is_zero3():
+        return current
+    switch = TransformersZeRO3Switch(zero3_config)
+    hf_ds.set_hf_deepspeed_config(switch)
+    return switch
+
+
+def _load_causal_lm_zero3(name_or_path, tokenizer, dtype, seed, zero3_config: dict) -> PreTrainedModel:
+    """A ZeRO-3 partitioned causal LM holding the checkpoint's (or the seeded builtin) weights."""
+    with _outside_zero_init():
+        if name_or_path == BUILTIN_MODEL:
+            # build on the CPU without ZeRO (same seeded weights as every other strategy), then copy in
+            with outside_zero3(), torch.device("cpu"):
+                reference = _load_causal_lm(name_or_path, tokenizer, dtype, seed)
+            config = hf_deepspeed_config(zero3_config)
+            model = AutoModelForCausalLM.from_config(reference.config, dtype=next(reference.parameters()).dtype)
+            load_state_dict_zero3(model, reference.state_dict())
+            del reference
+        else:
+            if is_builtin(name_or_path):
+                raise ValueError(f"Unknown builtin model {name_or_path!r}; the builtin model is {BUILTIN_MODEL!r}.")
+            check_causal_lm(name_or_path)
+            config = hf_deepspeed_config(zero3_config)
+            kwargs = {"dtype": _dtype(dtype)} if dtype is not None else {}
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    model._lit_unlearn_hf_ds_config = config  # keeps transformers' ZeRO-3 switch alive as long as the model
+    return model
+
+
+def load_state_dict_zero3(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Copy ``state_dict`` into a ZeRO-3 partitioned ``model``, module by module (collective on all ranks).
+
+    Each module's parameters are gathered, overwritten on rank 0 and re-partitioned
+    (``deepspeed.zero.GatheredParameters(..., modifier_rank=0)``), so at most one module is whole at a time.
+    Only rank 0 reads ``state_dict`` (the other ranks may pass ``{}``, except that ``strict`` is checked
+    on rank 0 only). Buffers are copied on every rank that has them.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    seen = set()
+    for prefix, module in model.named_modules():
+        params = list(module.named_parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0):
+            if rank == 0:
+                for name, param in params:
+                    key = f"{prefix}.{name}" if prefix else name
+                    if key in state_dict:
+                        param.data.copy_(state_dict[key].to(param.dtype))
+                        seen.add(key)
+        for name, buffer in module.named_buffers(recurse=False):
+            key = f"{prefix}.{name}" if prefix else name
+            if key in state_dict and buffer is not None:
+                buffer.data.copy_(state_dict[key].to(buffer.dtype))
+                seen.add(key)
+    if strict and rank == 0:
+        expected = {n for n, _ in model.named_parameters()}
+        missing = sorted(expected - seen)
+        if missing:
+            raise RuntimeError(f"load_state_dict_zero3: no value for parameters {missing[:10]}")
+
+
+def gathered_state_dict(model: torch.nn.Module, rank0_only: bool = True) -> dict[str, torch.Tensor]:
+    """The full (un-partitioned) CPU state dict of ``model``; a plain ``state_dict`` copy without ZeRO-3.
+
+    Under ZeRO-3 this is collective (every rank must call it); parameters are gathered one module at a time
+    and, with ``rank0_only``, only rank 0 keeps the copies (other ranks return ``{}``).
+    """
+    import torch.distributed as dist
+
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    import deepspeed
+
+    keep = not rank0_only or not dist.is_initialized() or dist.get_rank() == 0
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        params = list(module.named_parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
+            if keep:
+                for name, param in params:
+                    out[f"{prefix}.{name}" if prefix else name] = param.detach().to("cpu", copy=True)
+        if keep:
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None and name not in module._non_persistent_buffers_set:
+                    out[f"{prefix}.{name}" if prefix else name] = buffer.detach().to("cpu", copy=True)
+    return out
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -52,7 +52,17 @@ class UnlearningModule(CausalLMModule):
         retain_loss: ``none``, ``nll`` or ``kl``.
         reference: ``cached`` (reference log-probs computed once before training) or ``live`` (a frozen copy
             of the initial model evaluated every step). Only used by objectives that need a reference.
+        reference_batch_size: batch size of the one-off reference pass that fills the cache (default: the
+            datamodule's ``batch_size``). The pass is split across ranks in fixed chunks of this size, so the
+            cached values are bit-identical for every world size with the same value.
         (other arguments: see :class:`CausalLMModule`)
+
+    Distributed: under DDP/DeepSpeed every rank computes its loss on its own micro-batch and gradients are
+    averaged over ranks. The token-mean retain terms (``nll``, ``kl``) are normalised by the token count of
+    the *global* batch (all ranks), so the update equals the single-process one with the same global batch.
+    Under DeepSpeed ZeRO-3 the live reference is built partitioned like the model (not a deep copy), and it
+    is never part of checkpoints (``state_dict`` drops it; DeepSpeed configs set
+    ``exclude_frozen_parameters``).
     """
 
     #: what the objective needs from the reference model: None, "logprobs" or "model"
@@ -77,9 +87,13 @@ class UnlearningModule(CausalLMModule):
         save_dir: str | None = None,
         seed: int = 0,
         eval_config: EvalConfig | None = None,
+        reference_batch_size: int | None = None,
     ):
         super().__init__(model_name_or_path, tokenizer, lr, weight_decay, warmup_steps, dtype, save_dir, seed,
                          eval_config=eval_config)
+        if reference_batch_size is not None and reference_batch_size < 1:
+            raise ValueError(f"reference_batch_size must be >= 1, got {reference_batch_size}.")
+        self.reference_batch_size = reference_batch_size
         if retain_loss not in self.retain_losses:
             raise ValueError(f"retain_loss must be one of {self.retain_losses}, got {retain_loss!r}.")
         if reference not in REFERENCE_MODES:
@@ -114,24 +128,50 @@ class UnlearningModule(CausalLMModule):
     def configure_model(self) -> None:
         super().configure_model()
         if self.needs_live_reference and self.ref_model is None:
-            self.ref_model = copy.deepcopy(self.model).eval()
+            if self.zero3_config is not None:
+                # a partitioned model cannot be deep-copied: build the initial model again, partitioned too
+                self.ref_model = self.build_model().eval()
+            else:
+                self.ref_model = copy.deepcopy(self.model).eval()
             self.ref_model.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        from lit_unlearn.strategies import check_zero3_support
+
+        check_zero3_support(self.trainer, self)
 
     def on_fit_start(self) -> None:
         if self.needs_cached_reference and len(self.ref_cache) == 0:
             self.fill_reference_cache()
 
     def fill_reference_cache(self) -> None:
-        """One ``no_grad`` pass of the (initial) model over the whole forget set, on every rank."""
+        """One ``no_grad`` pass of the (initial) model over the whole forget set.
+
+        The forget set is cut, in index order, into chunks of ``reference_batch_size``; rank r scores chunks
+        r, r + W, ... and the results are all-gathered, so every rank ends with the whole cache and the values
+        do not depend on the world size. Ranks with one chunk fewer run a throw-away forward pass, so that
+        every rank runs the same number of forward passes (each is a collective under ZeRO-3).
+        """
+        import torch.distributed as dist
+
         datamodule = self.trainer.datamodule
-        loader = torch.utils.data.DataLoader(
-            self.forget_dataset, batch_size=datamodule.batch_size, shuffle=False, collate_fn=datamodule.collate
-        )
+        dataset = self.forget_dataset
+        size = self.reference_batch_size or datamodule.batch_size
+        chunks = [list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)]
+        world, rank = self.trainer.world_size, self.trainer.global_rank
         was_training = self.model.training
         self.model.eval()
-        batches = (self.transfer_batch_to_device(b, self.device, 0) for b in loader)
-        self.ref_cache.fill(self.sample_logprobs, batches, self.reference_keys)
+        for first in range(0, len(chunks), world):
+            mine = first + rank < len(chunks)
+            chunk = chunks[first + rank] if mine else chunks[0]
+            batch = self.transfer_batch_to_device(datamodule.collate([dataset[i] for i in chunk]), self.device, 0)
+            target = self.ref_cache if mine else ReferenceLogprobCache()  # the padding pass is discarded
+            target.fill(self.sample_logprobs, [batch], self.reference_keys)
         self.model.train(was_training)
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            states: list[Any] = [None] * world
+            dist.all_gather_object(states, self.ref_cache.state_dict())
+            self.ref_cache.load_state_dict({k: v for state in states for k, v in state.items()})
 
     @torch.no_grad()
     def reference_logprobs(self, batch: dict[str, Any], mask: Tensor, key: str = "forget") -> Tensor:
@@ -158,6 +198,7 @@ class UnlearningModule(CausalLMModule):
         return result
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if len(self.ref_cache):
             checkpoint["reference_cache"] = self.ref_cache.state_dict()
 
@@ -179,11 +220,28 @@ class UnlearningModule(CausalLMModule):
         from lit_unlearn.functional import losses
 
         if self.retain_loss == "nll":
-            return losses.nll(*self.sample_logprobs(batch))
+            logp, mask = self.sample_logprobs(batch)
+            return losses.nll(logp, mask) * self.global_token_scale(mask.sum())
         logits = self(batch["input_ids"], batch["attention_mask"])
         with torch.no_grad():
             ref_logits = self.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return losses.kl_retain(logits, ref_logits, batch["attention_mask"])
+        kl = losses.kl_retain(logits, ref_logits, batch["attention_mask"])
+        return kl * self.global_token_scale(batch["attention_mask"].sum())
+
+    def global_token_scale(self, count: Tensor) -> Tensor | float:
+        """``W · n_rank / Σ_ranks n``: turns this rank's token mean into its share of the global token mean.
+
+        Data-parallel training averages the ranks' losses, so ``mean_r(scale_r · mean_rank_r)`` is then
+        ``Σ_all tokens / N_global``, the token mean a single process computes on the global batch (a plain
+        per-rank token mean would weight every rank equally, whatever its token count). 1 on one process.
+        """
+        trainer = getattr(self, "_trainer", None)
+        world = getattr(trainer, "world_size", 1) if trainer is not None else 1
+        if world == 1:
+            return 1.0
+        local = count.detach().to(torch.float32).reshape(1)
+        total = trainer.strategy.reduce(local.clone(), reduce_op="sum")
+        return (world * local / total).squeeze(0)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         forget = batch["forget"]

@@ -17,6 +17,21 @@ from lit_unlearn.functional.tokens import token_logprobs
 from lit_unlearn.utils.io import atomic_directory
 
 
+def save_hf_state_dict(config: Any, state_dict: dict[str, torch.Tensor], directory: str | Path) -> None:
+    """``save_pretrained`` of a model built from ``config`` on the CPU and holding ``state_dict``."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_unlearn.models.loading import outside_zero3
+
+    with outside_zero3(), torch.device("cpu"):
+        dtype = next((v.dtype for v in state_dict.values() if v.is_floating_point()), torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys:
+        raise RuntimeError(f"save_pretrained: the gathered state dict lacks {result.missing_keys[:10]}")
+    model.save_pretrained(directory)
+
+
 class CausalLMModule(L.LightningModule):
     """Owns ``self.model`` (a Hugging Face causal LM) and its optimiser.
 
@@ -82,9 +97,22 @@ class CausalLMModule(L.LightningModule):
         return self.tokenizer
 
     def build_model(self) -> torch.nn.Module:
+        """The causal LM: partitioned as it is created under DeepSpeed ZeRO-3, else on the CPU (see
+        :func:`~lit_unlearn.models.loading.load_causal_lm`)."""
         from lit_unlearn.models.loading import load_causal_lm
 
-        return load_causal_lm(self.model_name_or_path, self.load_tokenizer(), dtype=self.dtype_name, seed=self.seed)
+        return load_causal_lm(self.model_name_or_path, self.load_tokenizer(), dtype=self.dtype_name, seed=self.seed,
+                              zero3_config=self.zero3_config)
+
+    @property
+    def zero3_config(self) -> dict | None:
+        """The DeepSpeed config when the attached trainer runs ZeRO stage 3, else None."""
+        from lit_unlearn.strategies import is_zero3
+
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or not is_zero3(trainer):
+            return None
+        return trainer.strategy.config
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -113,19 +141,47 @@ class CausalLMModule(L.LightningModule):
 
     # -- saving ---------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write model + tokenizer + ``lit_unlearn.json`` (metadata) as one atomic folder."""
+        """Write model + tokenizer + ``lit_unlearn.json`` (metadata) as one atomic folder.
+
+        With a ZeRO-3 partitioned model this is collective: call it on every rank (rank 0 writes).
+        """
+        from lit_unlearn.models.loading import gathered_state_dict
+
+        partitioned = any(hasattr(p, "ds_id") for p in self.model.parameters())
+        state = gathered_state_dict(self.model) if partitioned else None  # collective under ZeRO-3
+        if partitioned and not state:
+            return Path(directory)  # not rank 0
         with atomic_directory(directory) as tmp:
-            self.model.save_pretrained(tmp)
+            if partitioned:
+                save_hf_state_dict(self.model.config, state, tmp)
+            else:
+                self.model.save_pretrained(tmp)
             self.load_tokenizer().save_pretrained(tmp)
             info = {"model_name_or_path": self.model_name_or_path, **self.extra_metadata, **(metadata or {})}
             (Path(tmp) / "lit_unlearn.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         return Path(directory)
 
+    def run_metadata(self) -> dict[str, Any]:
+        """Data version, step, and the run's world size / strategy / precision / effective batch size."""
+        from lit_unlearn.strategies import run_metadata
+
+        trainer = getattr(self, "_trainer", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        meta = {"data_version": getattr(datamodule, "data_version", None), "global_step": self.global_step}
+        meta.update(run_metadata(trainer, getattr(datamodule, "batch_size", None)))
+        return meta
+
     def on_fit_end(self) -> None:
-        if self.save_dir and self.trainer.is_global_zero:
-            datamodule = getattr(self.trainer, "datamodule", None)
-            meta = {"data_version": getattr(datamodule, "data_version", None), "global_step": self.global_step}
-            self.save_pretrained(self.save_dir, meta)
+        if not self.save_dir:
+            return
+        partitioned = any(hasattr(p, "ds_id") for p in self.model.parameters())
+        if partitioned or self.trainer.is_global_zero:  # gathering ZeRO-3 partitions needs every rank
+            self.save_pretrained(self.save_dir, self.run_metadata())
+        if partitioned:
+            self.trainer.strategy.barrier("save_pretrained")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lit_unlearn_run"] = self.run_metadata()
 
     # -- evaluation (validate/test): the TOFU suite, see lit_unlearn.evaluation.lightning -------------------
     @property
