@@ -6,6 +6,8 @@
   ``model.tokenizer`` so the two always agree.
 * ``lit-unlearn demo`` — the embedded-default pipeline (see :mod:`lit_unlearn.pipeline`).
 * ``lit-unlearn report RUN1 RUN2 ... --out DIR`` — compare evaluation reports (table + UC-vs-UT scatter).
+* ``lit-unlearn export --ckpt_path CKPT --out DIR`` — a Hugging Face folder from a checkpoint file or a
+  DeepSpeed ZeRO checkpoint folder (see :mod:`lit_unlearn.export`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import lit_unlearn.objectives  # noqa: F401  (registers the objectives for short
 from lit_unlearn.data.tofu import TOFUDataModule
 from lit_unlearn.objectives.lm import CausalLMModule
 
-EXTRA_COMMANDS = ("demo", "report")
+EXTRA_COMMANDS = ("demo", "report", "export")
 
 
 class UnlearnCLI(LightningCLI):
@@ -49,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         from lit_unlearn.evaluation.cli import report_main
 
         report_main(argv[1:])
+        return
+    if argv and argv[0] == "export":
+        from lit_unlearn.export import export_main
+
+        export_main(argv[1:])
         return
     lightning_cli(argv)
 

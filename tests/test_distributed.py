@@ -164,7 +164,9 @@ def worker_compare(cfg: dict) -> None:
 
     out = Path(cfg["out"])
     rec = recorder()
-    mrd = MRDCurriculum(every_n_epochs=1, num_samples=4, batch_size=1, log_histogram=False)
+    # sigma 1e-3: at 1e-5 the score of this random model sits at the fp32 rounding floor of P_t, so the
+    # 1e-7 weight differences that training leaves between strategies move it by ~1%
+    mrd = MRDCurriculum(every_n_epochs=1, num_samples=4, batch_size=1, sigma=1e-3, log_histogram=False)
     trainer, module, data = build_run(cfg, "cached", [rec, mrd], save_dir=str(out / "model"), eval_during_fit=True,
                                       max_epochs=2, check_val_every_n_epoch=2)
     trainer.fit(module, datamodule=data)
@@ -284,8 +286,10 @@ def test_final_weights_and_saved_model(runs, strategy):
 
     ref, got = runs["single"], runs[strategy]
     assert set(got["weights"]) == set(ref["weights"])
+    # Adam turns ~1e-9 gradient noise on rarely-seen embedding rows into ~1e-5 steps (lr 2e-3); training
+    # moved the weights by ~1e-2, a wrong reduction by >1e-3
     for key, value in ref["weights"].items():
-        torch.testing.assert_close(got["weights"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(got["weights"][key], value, rtol=1e-4, atol=5e-5, msg=key)
     saved = AutoModelForCausalLM.from_pretrained(got["model_dir"]).state_dict()
     for key, value in got["weights"].items():
         assert torch.equal(saved[key], value), key  # save_pretrained wrote the gathered weights

@@ -89,6 +89,16 @@ class GEffectMonitor(Callback):
     # ------------------------------------------------------------------------------------------
     # Lightning hooks
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        from lit_unlearn.strategies import is_zero3
+
+        if stage == "fit" and is_zero3(trainer):
+            raise NotImplementedError(
+                "GEffectMonitor does not support DeepSpeed ZeRO-3: it needs every parameter's full objective "
+                "gradient in `.grad` and full risk gradients, but ZeRO-3 partitions parameters and gradients "
+                "across ranks. Measure G-effects with DDP (configs/trainer/ddp.yaml) or on one device."
+            )
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # checked here, not in ``setup``: modules that build their model in ``configure_model`` (every
         # UnlearningModule) have no ``model`` yet when callbacks' ``setup`` runs

@@ -91,7 +91,9 @@ def load_causal_lm(
     if zero3_config is not None:
         return _load_causal_lm_zero3(name_or_path, tokenizer, dtype, seed, zero3_config)
     target = torch.get_default_device()  # an enclosing ``torch.device(...)`` context, e.g. Lightning's
-    with torch.device("cpu"):  # innermost plain-CPU context: transformers then needs no device map
+    # innermost plain-CPU context: transformers then needs no device map; and a plain model even when a ZeRO-3
+    # model (holding transformers' ZeRO-3 switch) lives in the same process
+    with outside_zero3(), torch.device("cpu"):
         model = _load_causal_lm(name_or_path, tokenizer, dtype, seed)
     return model if target.type in ("cpu", "meta") else model.to(target)
 
@@ -123,21 +125,29 @@ def _load_causal_lm(
 
 # -- DeepSpeed ZeRO-3 ------------------------------------------------------------------------------------
 @contextmanager
-def _outside_zero_init():
-    """Suspend an enclosing ``deepspeed.zero.Init`` (Lightning's ``model_sharded_context``) for the block."""
+def _zero_init_suspended():
+    """Leave any active ``deepspeed.zero.Init`` (e.g. Lightning's ``model_sharded_context``) for the block.
+
+    DeepSpeed patches module constructors while a top-level ``zero.Init`` is active and counts nested ones;
+    both are saved, cleared and restored exactly, so the block may build plain models or enter a new
+    top-level ``zero.Init`` (transformers' own) without double-patching anything.
+    """
     try:
         from deepspeed.runtime.zero import partition_parameters as pp
     except ImportError:  # no deepspeed: nothing to suspend
         yield
         return
-    active = pp.top_level_context is not None
-    if active:
-        pp.shutdown_init_context()
+    top, depth = pp.top_level_context, pp.zero_init_context
+    patched = top is not None and getattr(top, "patched", False)
+    if patched:
+        top.unpatch_init_and_builtins()
+    pp.top_level_context, pp.zero_init_context = None, 0
     try:
         yield
     finally:
-        if active:
-            pp.restore_init_context()
+        pp.top_level_context, pp.zero_init_context = top, depth
+        if patched:
+            top.patch_init_and_builtins()
 
 
 @contextmanager
@@ -150,7 +160,7 @@ def outside_zero3():
 
     saved, hf_ds._hf_deepspeed_config_weak_ref = hf_ds._hf_deepspeed_config_weak_ref, None
     try:
-        with _outside_zero_init():
+        with _zero_init_suspended():
             yield
     finally:
         hf_ds._hf_deepspeed_config_weak_ref = saved
@@ -189,7 +199,9 @@ def hf_deepspeed_config(zero3_config: dict):
 
 def _load_causal_lm_zero3(name_or_path, tokenizer, dtype, seed, zero3_config: dict) -> PreTrainedModel:
     """A ZeRO-3 partitioned causal LM holding the checkpoint's (or the seeded builtin) weights."""
-    with _outside_zero_init():
+    # transformers' own top-level zero.Init (no weight init, RoPE dtype guard) partitions the model as it is
+    # built; Lightning's enclosing zero.Init is suspended meanwhile
+    with _zero_init_suspended():
         if name_or_path == BUILTIN_MODEL:
             # build on the CPU without ZeRO (same seeded weights as every other strategy), then copy in
             with outside_zero3(), torch.device("cpu"):

@@ -105,6 +105,17 @@ class CausalLMModule(L.LightningModule):
                               zero3_config=self.zero3_config)
 
     @property
+    def offloads_optimizer(self) -> bool:
+        """True when the attached trainer runs DeepSpeed with the optimizer offloaded (ZeRO-Offload)."""
+        from lit_unlearn.strategies import zero_stage
+
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or zero_stage(trainer) is None:
+            return False
+        offload = (trainer.strategy.config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+        return offload.get("device", "none") not in (None, "none")
+
+    @property
     def zero3_config(self) -> dict | None:
         """The DeepSpeed config when the attached trainer runs ZeRO stage 3, else None."""
         from lit_unlearn.strategies import is_zero3
@@ -132,7 +143,15 @@ class CausalLMModule(L.LightningModule):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.offloads_optimizer:
+            # DeepSpeed refuses a torch optimizer with ZeRO-Offload (zero_force_ds_cpu_optimizer); its CPU Adam
+            # in AdamW mode computes the same update (a compiled extension, built on first use)
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                                         adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if self.warmup_steps == 0:
             return optimizer
         warmup = self.warmup_steps
