@@ -121,6 +121,7 @@ def export_checkpoint(
     from lit_unlearn.utils.io import atomic_directory
 
     state, checkpoint = read_checkpoint(ckpt_path, tag)
+    weights = model_weights(state)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     base = model_name_or_path or hparams.get("model_name_or_path")
     tok_name = tokenizer or hparams.get("tokenizer") or base
@@ -128,7 +129,6 @@ def export_checkpoint(
         raise ValueError("The checkpoint has no `model_name_or_path` hyper-parameter; pass --model_name_or_path.")
     tok = load_tokenizer(tok_name)
     model = load_causal_lm(base, tok, dtype=None, seed=int(hparams.get("seed", 0) or 0))
-    weights = model_weights(state)
     result = model.load_state_dict(weights, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"The checkpoint's weights do not fit {base!r}: unexpected keys "

@@ -11,8 +11,10 @@
   partitioned parameters.
 
 DeepSpeed picks its CPU accelerator by itself when no GPU is visible; set ``DS_ACCELERATOR=cpu`` to force it
-on a machine that has one. Use a torch optimizer (our modules' AdamW) — DeepSpeed's fused CPU Adam needs a
-compiled extension and is not required.
+on a machine that has one. Its first use compiles a shared-memory communication op (~1 min, cached in
+``~/.cache/torch_extensions``). Without offload the modules' torch AdamW is used; with
+``offload_optimizer`` they switch to DeepSpeed's CPU Adam (another compiled op), see
+:meth:`~lit_unlearn.objectives.lm.CausalLMModule.configure_optimizers`.
 """
 from __future__ import annotations
 
@@ -34,15 +36,10 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     (c) ``setup_distributed`` skips the GPU device-index validation.
 
     Use with ``Trainer(accelerator="cpu", devices=N, strategy=CPUDeepSpeedStrategy(stage=3))`` or
-    ``--trainer.strategy lit_unlearn.strategies.CPUDeepSpeedStrategy``. The process group backend is gloo.
+    ``configs/trainer/deepspeed_zero3_cpu.yaml``. The process group backend is gloo (the default for a CPU
+    root device).
     Launch several processes with ``torchrun`` (or Lightning's own launcher from a script).
     """
-
-    strategy_name = "deepspeed_cpu"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("process_group_backend", "gloo")
-        super().__init__(*args, **kwargs)
 
     def setup_environment(self) -> None:
         DDPStrategy.setup_environment(self)

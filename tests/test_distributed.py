@@ -6,8 +6,8 @@ Every run unlearns forget01 of tofu-mini with the same *global* batch (1 process
 * fit 1: NPO with a **cached** reference (log-probs filled before training, split across ranks) and a
   **KL retain** term (so a **live**, frozen reference model too — partitioned under ZeRO-3), the
   ``MRDCurriculum`` callback rescoring every epoch (MRD on ZeRO-3 partitions), 2 epochs, then the TOFU
-  evaluation suite (likelihood metrics, MIA, generation/ROUGE) at the end of the last epoch, and
-  ``save_pretrained`` (gathers ZeRO-3 partitions);
+  evaluation suite (likelihood metrics, MIA, generation/ROUGE, extraction likelihood on forget) at the end
+  of the last epoch, and ``save_pretrained`` (gathers ZeRO-3 partitions);
 * fit 2: NPO with a **live** reference (its log-probs every step) and KL retain, 3 steps.
 
 The runs are launched as subprocesses (this file is also the worker: ``torchrun --nproc_per_node 2
@@ -44,20 +44,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script: Path, config: dict, nproc: int, timeout: int = 300) -> float:
-    """Run ``script CONFIG_JSON`` on ``nproc`` CPU processes (torchrun when > 1); return the wall time."""
+def launch(script: Path | str, config: dict | list[str], nproc: int, timeout: int = 300) -> float:
+    """Run ``script CONFIG_JSON`` on ``nproc`` CPU processes (torchrun when > 1); return the wall time.
+
+    ``script`` may be ``-m module`` (then ``config`` is the list of its arguments).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "PYTHONWARNINGS": "ignore", "DS_ACCELERATOR": "cpu"}
-    args = [json.dumps(config)]
+    args = config if isinstance(config, list) else [json.dumps(config)]
+    target = str(script).split() if str(script).startswith("-m ") else [str(script)]
     if nproc == 1:
-        cmd = [sys.executable, str(script), *args]
+        cmd = [sys.executable, *target, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", str(script), *args]
+               f"--master_port={free_port()}", *(["--module"] if target[0] == "-m" else []),
+               *(target[1:] if target[0] == "-m" else target), *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent.parent)
     if proc.returncode != 0:
-        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line][:20]
+        raise AssertionError(f"worker failed ({proc.returncode}):\n" + "\n".join(errors)
+                             + f"\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return time.perf_counter() - start
 
 
@@ -147,7 +154,7 @@ def build_run(cfg: dict, reference: str, callbacks: list, save_dir: str | None =
     module = NPO(
         cfg["model"], tokenizer=cfg["model"], reference=reference, retain_loss="kl", lr=cfg.get("lr", 2e-3),
         warmup_steps=cfg.get("warmup_steps", 0), reference_batch_size=4, save_dir=save_dir,
-        eval_config={"max_new_tokens": 4, "el_splits": [], "plots": False, "write_report": False},
+        eval_config={"max_new_tokens": 4, "el_splits": ["forget"], "el_n": 3, "plots": False, "write_report": False},
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=world, strategy=make_strategy(cfg["strategy"]), logger=False,
@@ -272,6 +279,7 @@ def test_mrd_scores_match_single_process(runs, strategy):
 def test_metrics_match_single_process(runs, strategy):
     ref, got = runs["single"], runs[strategy]
     assert set(got["metrics"]) == set(ref["metrics"])
+    assert {"extraction_likelihood", "rouge_l_recall", "truth_ratio"} <= set(got["metrics"]["forget"])
     for split, values in ref["metrics"].items():
         for name, value in values.items():
             assert got["metrics"][split][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (split, name)
@@ -300,6 +308,46 @@ def test_final_weights_and_saved_model(runs, strategy):
     assert info["zero_stage"] == {"ddp": None, "zero2": 2, "zero3": 3}[strategy]
     single = json.loads((ref["model_dir"] / "lit_unlearn.json").read_text())
     assert single["world_size"] == 1 and single["effective_batch_size"] == GLOBAL_BATCH
+
+
+TRAINER_CONFIGS = ("cpu", "ddp", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "deepspeed_zero3_cpu")
+
+
+@pytest.mark.parametrize("name", TRAINER_CONFIGS)
+def test_trainer_configs_parse(name):
+    """Every ``configs/trainer/X.yaml`` works as ``--trainer configs/trainer/X.yaml`` (GPU configs checked with
+    ``--trainer.accelerator cpu``: the strategy objects are built, not launched)."""
+    from lit_unlearn.cli import lightning_cli
+    from lit_unlearn.strategies import zero_stage
+
+    root = HERE.parent.parent
+    cli = lightning_cli(["--config", str(root / "configs/tofu_mini/unlearn.yaml"),
+                         "--trainer", str(root / f"configs/trainer/{name}.yaml"),
+                         "--trainer.accelerator", "cpu", "--trainer.devices", "1"], run=False)
+    expected = {"cpu": None, "ddp": None, "deepspeed_zero2": 2, "deepspeed_zero3": 3, "deepspeed_zero3_offload": 3,
+                "deepspeed_zero3_cpu": 3}[name]
+    assert zero_stage(cli.trainer) == expected
+    if expected is not None:
+        assert cli.trainer.strategy.exclude_frozen_parameters
+    if name == "deepspeed_zero3_offload":
+        zero = cli.trainer.strategy.config["zero_optimization"]
+        assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+
+
+def test_cli_torchrun_deepspeed_zero3_cpu(tmp_path, tiny_model_dir):
+    """The user's launch: ``torchrun --nproc_per_node 2 -m lit_unlearn fit ... --trainer <yaml>``."""
+    out = tmp_path / "cli"
+    launch("-m lit_unlearn", [
+        "fit", "--config", "configs/tofu_mini/unlearn.yaml", "--model", "configs/objective/npo.yaml",
+        "--trainer", "configs/trainer/deepspeed_zero3_cpu.yaml", "--trainer.max_steps", "2",
+        "--trainer.default_root_dir", str(out), "--model.init_args.model_name_or_path", tiny_model_dir,
+        "--model.init_args.save_dir", str(out / "model"), "--data.init_args.tokenizer", tiny_model_dir,
+        "--data.init_args.forget_split", "forget01", "--data.init_args.retain_split", "retain99",
+        "--data.init_args.batch_size", "2", "--data.init_args.max_length", "48",
+    ], nproc=2)
+    info = json.loads((out / "model" / "lit_unlearn.json").read_text())
+    assert info["world_size"] == 2 and info["zero_stage"] == 3 and info["global_step"] == 2
+    assert info["strategy"] == "CPUDeepSpeedStrategy" and info["effective_batch_size"] == 4
 
 
 def test_zero3_partitions_model_and_reference(runs):

@@ -105,7 +105,8 @@ class MRDCurriculum(Callback):
 
     Distributed: every rank scores its shard and :func:`mrd_scores` all-gathers, so every rank holds the
     same scores and weights; the sampler makes every rank draw the same weighted sample (seed + epoch)
-    and keep its slice. DeepSpeed ZeRO-3 is not supported (see :mod:`lit_unlearn.analysis.mrd`).
+    and keep its slice. Under DeepSpeed ZeRO-3 each rank perturbs the gathered weights with the same noise
+    as an unsharded run (see the ZeRO-3 note in :mod:`lit_unlearn.analysis.mrd`).
 
     Logged at each recomputation (``pl_module.log``, not synced: identical on all ranks): ``mrd/mean``,
     ``mrd/std``, ``mrd/min``, ``mrd/max``, ``mrd/q10`` … ``mrd/q90``, ``mrd/prob_max``,
