@@ -77,6 +77,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lit_unlearn.functional import tokens
+from lit_unlearn.utils.modes import eval_mode
 
 ESTIMATORS = ("mean_abs", "abs_mean", "analytic")
 NORMALIZATIONS = ("token", "sequence")
@@ -337,16 +338,6 @@ def _fp32_numerics(device_type: str) -> Iterator[None]:
             setattr(backend, attr, value)
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """model.eval() for the block; restores every submodule's own training flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -494,7 +485,7 @@ def mrd_scores(
     # fork_rng: iterating a DataLoader (and wrapping it in tqdm) draws from the global RNG; undo that.
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     # inference_mode(False): a caller inside Lightning's validation loop must still get gradients (analytic).
-    with torch.inference_mode(False), torch.random.fork_rng(devices=rng_devices), _eval_mode(scored_model), \
+    with torch.inference_mode(False), torch.random.fork_rng(devices=rng_devices), eval_mode(scored_model), \
             _fp32_numerics(device.type):
         bar = tqdm(dataloader, desc=f"MRD ({estimator})", disable=not progress or _dist_rank() != 0)
         if estimator == "analytic":

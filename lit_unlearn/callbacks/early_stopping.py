@@ -8,8 +8,7 @@ initial model." The math is :func:`lit_unlearn.functional.metrics.memorization_a
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from lit_unlearn.callbacks.mrd_curriculum import forget_scoring_dataloader
 from lit_unlearn.functional.generation import batch_prefix_continuations
 from lit_unlearn.functional.metrics import extraction_likelihood, memorization_accuracy, ngram_overlap
+from lit_unlearn.utils.modes import eval_mode
 
 
 def sample_extraction_likelihood(continuations: Sequence[Sequence[int]], target: Sequence[int], n: int) -> float:
@@ -36,15 +36,6 @@ def sample_extraction_likelihood(continuations: Sequence[Sequence[int]], target:
     return extraction_likelihood(continuations, target, min(n, num - 1))
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _gather(indices: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
@@ -77,7 +68,7 @@ def memorization_and_extraction(
     """
     device = next(model.parameters()).device
     indices, mas, els = [], [], []
-    with _eval_mode(model):
+    with eval_mode(model):
         for batch in dataloader:
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
             if "index" not in batch:
