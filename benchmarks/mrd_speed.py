@@ -42,6 +42,16 @@ def random_qa_rows(n: int, vocab_size: int, answer_min: int, answer_max: int, se
     return rows
 
 
+def builtin_forget_rows(model_dir: str, n: int) -> list[dict]:
+    """The first ``n`` forget10 samples of the builtin data, tokenised as in training and right-padded."""
+    from lit_unlearn.data.tofu import TOFUDataModule
+
+    data = TOFUDataModule(tokenizer=model_dir, splits=["forget10"], max_length=64)
+    data.setup("fit")
+    batch = data.collate([data.train_dataset[i] for i in range(n)])
+    return [{k: batch[k][i] for k in ("input_ids", "attention_mask", "labels", "index")} for i in range(n)]
+
+
 def naive_algorithm1(model: torch.nn.Module, rows: list[dict], sigma: float, num_samples: int,
                      seed: int = 0) -> torch.Tensor:
     """MRD paper Algorithm 1 run sample by sample: for each k copy the weights, add δ_k, forward, restore."""
@@ -83,6 +93,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF causal LM folder (default: random-init tiny Llama)")
+    parser.add_argument("--builtin", action="store_true",
+                        help="score the builtin target model (cached, trained if missing) on its forget10 samples")
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer samples and perturbations")
     parser.add_argument("--samples", type=int, default=None, help="number of sequences (default 24, quick 6)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of our scorer (default: all)")
@@ -92,6 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    if args.builtin:
+        from lit_unlearn.models.loading import builtin_tokenizer_dir
+        from lit_unlearn.pipeline import cached_finetune, target_config
+
+        target, _ = cached_finetune("target", target_config(), str(builtin_tokenizer_dir("builtin:tofu-mini")), False)
+        args.model = str(target)
     if args.model:
         from transformers import AutoModelForCausalLM
 
@@ -105,11 +123,13 @@ def main() -> None:
     n = args.samples or (6 if args.quick else 24)
     k_main = 16 if args.quick else 200
     k_small, k_large = (8, 64) if args.quick else (32, 512)
-    rows = random_qa_rows(n, model.config.vocab_size, answer_min=16, answer_max=32)
+    rows = (builtin_forget_rows(args.model, n) if args.builtin
+            else random_qa_rows(n, model.config.vocab_size, answer_min=16, answer_max=32))
     dataloader = torch.utils.data.DataLoader(rows, batch_size=args.batch_size or n)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"MRD speed: {name}, {n_params / 1e6:.2f}M params, {n} sequences (8-token prompt, 16-32 answer "
-          f"tokens), sigma={args.sigma:g}, batch={dataloader.batch_size}, threads={args.threads}")
+    what = "builtin forget10 samples" if args.builtin else "random sequences (8-token prompt, 16-32 answer tokens)"
+    print(f"MRD speed: {name}, {n_params / 1e6:.2f}M params, {n} {what}, "
+          f"sigma={args.sigma:g}, batch={dataloader.batch_size}, threads={args.threads}")
 
     def ours(k: int, estimator: str = "mean_abs") -> torch.Tensor:
         return mrd_scores(model, dataloader, sigma=args.sigma, num_samples=k, estimator=estimator, progress=False)
