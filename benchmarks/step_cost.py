@@ -1,7 +1,9 @@
 """Training-step cost of each objective relative to GradDiff, measured in one run (DESIGN.md §10).
 
 Every objective runs the same forget/retain batches (forget10 / retain90, batch 8) on the builtin target
-model: forward, backward and AdamW step, timed after a warm-up. Objectives with a reference run twice: with
+model: forward, backward and AdamW step, timed after a warm-up. Objectives run with an NLL retain term
+like GradDiff's, except where the label says "no retain" (IdkDPO's own default): IdkDPO with a retain term
+needs three policy passes (forget answer, refusal, retain) to GradDiff's two. Objectives with a reference run twice: with
 the cached reference log-probs (the cache is filled once before timing; its one-off cost is printed too) and
 with a live frozen reference model. Prints ms/step and the ratio to GradDiff.
 
@@ -20,6 +22,7 @@ from lit_unlearn.models.loading import builtin_tokenizer_dir
 from lit_unlearn.pipeline import cached_finetune, target_config
 
 RUNS = [("GradDiff", {}), ("GA", {}), ("NPO", {"retain_loss": "nll"}), ("IdkDPO", {"retain_loss": "nll"}),
+        ("IdkDPO", {}),
         ("TNPO", {"retain_loss": "nll"}), ("WTNPO", {"retain_loss": "nll"}), ("SimNPO", {"retain_loss": "nll"}),
         ("WGA", {"retain_loss": "nll"}), ("SatImp", {"retain_loss": "nll"}), ("IdkNLL", {"retain_loss": "nll"}),
         ("GradDiff", {"retain_loss": "kl"}), ("RMU", {"alpha": 1.0})]
@@ -77,6 +80,8 @@ def main() -> None:
             kw = {**kwargs, **({"reference": mode} if mode else {})}
             ms, fill = time_objective(name, kw, str(target), batches, args.steps)
             label = name + (f" ({mode} ref)" if mode else "") + (" + KL retain" if kwargs.get("retain_loss") == "kl" else "")
+            if name == "IdkDPO" and "retain_loss" not in kwargs:
+                label += ", no retain"  # its default: two policy passes (forget, refusal), like GradDiff
             rows.append((label, ms, fill))
     base = rows[0][1]
     print(f"threads={args.threads}, steps={args.steps}, forget/retain batch 8, model {target.name}")

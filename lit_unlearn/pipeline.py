@@ -171,6 +171,7 @@ class DemoSettings:
     target_splits: tuple[str, ...] | None = None  # default: every author + general knowledge
     retain_splits: tuple[str, ...] | None = None  # default: the retain split + general knowledge
     mrd_every_n_epochs: int = 2
+    mrd_estimator: str = "mean_abs"  # Algorithm 1; "analytic" is its one-backward-per-sample limit
 
 
 def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out: Path, settings: DemoSettings,
@@ -191,7 +192,7 @@ def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out
     callbacks = []
     if spec.mrd:
         callbacks.append(MRDCurriculum(every_n_epochs=settings.mrd_every_n_epochs, num_samples=settings.mrd_samples,
-                                       batch_size=64, output_dir=str(out / "mrd")))
+                                       estimator=settings.mrd_estimator, batch_size=64, output_dir=str(out / "mrd")))
     if spec.geffect:
         callbacks.append(GEffectMonitor(every_n_steps=settings.geffect_every, output_dir=str(out / "geffect")))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=settings.unlearn_epochs, logger=False,

@@ -65,7 +65,7 @@ def naive_algorithm1(model: nn.Module, row: dict, sigma: float, num_samples: int
     ids, labels = row["input_ids"][None, :length], row["labels"][None, :length]
 
     def token_logps() -> list[float]:  # P_t for every labelled token t, in order
-        logits = model(input_ids=ids).logits[0].float()  # (T, V)
+        logits = model(input_ids=ids).logits[0].double()  # (T, V); exact log-softmax in float64
         logps = torch.log_softmax(logits, dim=-1)
         return [float(logps[t - 1, labels[0, t]]) for t in range(1, length) if labels[0, t] != -100]
 
@@ -126,17 +126,46 @@ def test_global_rng_untouched_and_modes_restored():
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
 def test_matches_literal_algorithm1(tied, normalization):
-    # float64 weights: batched and single-sample forwards agree to ~1e-15. P_t is still rounded to
-    # fp32 (tokens.token_logprobs; the naive uses log_softmax), ~5e-7 absolute, so σ is large enough
-    # that this rounding is far below the tolerance; the code path does not depend on σ.
+    # float64 weights: batched and single-sample forwards agree to ~1e-15 and both sides keep P_t in
+    # float64 (the naive with log_softmax), so the paper's σ = 1e-5 is resolved and the match is tight.
     model = small_llama(seed=1, tied=tied, dtype=torch.float64)
     rows = make_dataset(5, seed=1)
-    sigma, k = 1e-2, 6
+    sigma, k = 1e-5, 6
     ours = mrd_scores(model, loader(rows, 3), sigma=sigma, num_samples=k, seed=3,
                       normalization=normalization, progress=False)
     naive = torch.tensor([naive_algorithm1(model, r, sigma, k, seed=3, normalization=normalization) for r in rows])
     assert ours.shape == (5,) and ours.dtype == torch.float32
-    torch.testing.assert_close(ours, naive.float(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(ours, naive.float(), rtol=1e-5, atol=0)
+
+
+def test_float32_scores_of_a_confident_model_match_float64(finetuned_tiny):
+    # A trained model puts log p ~ -1e-3 on many answer tokens; σ = 1e-5 moves it by ~1e-7, below the
+    # ~1e-6 quantisation of float32 "logit - logsumexp". MRD's precise log-softmax keeps these changes.
+    from lit_unlearn.data.tofu import TOFUDataModule
+    from lit_unlearn.functional import tokens
+    from lit_unlearn.models.loading import load_causal_lm
+
+    data = TOFUDataModule(tokenizer=finetuned_tiny, splits=["forget10"], max_length=64)
+    data.setup("fit")
+    rows = data.collate([data.train_dataset[i] for i in range(8)])
+    dl = loader([{k: rows[k][i] for k in ("input_ids", "attention_mask", "labels", "index")} for i in range(8)], 8)
+    model32 = load_causal_lm(finetuned_tiny).float().eval()
+    model64 = load_causal_lm(finetuned_tiny).double().eval()
+    logp, mask = tokens.token_logprobs(model64(input_ids=rows["input_ids"][:8]).logits, rows["labels"][:8])
+    assert (logp[mask] > -5e-2).float().mean() > 0.5  # the regime that matters: many confident tokens
+
+    def plain_logprobs(model, batch):  # what MRD used before: float32 "logit - logsumexp"
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return tokens.token_logprobs(out.logits, batch["labels"])
+
+    kw = dict(sigma=1e-5, num_samples=8, progress=False)
+    exact = mrd_scores(model64, dl, **kw)
+    precise = mrd_scores(model32, dl, **kw)
+    plain = mrd_scores(model32, dl, logprob_fn=plain_logprobs, **kw)
+    err_precise = ((precise - exact).abs() / exact).mean()  # ~0.5% on this model (K = 8)
+    err_plain = ((plain - exact).abs() / exact).mean()  # ~3%: rounding noise adds to every |Δ_k|
+    assert err_precise < 0.01
+    assert err_plain > 3 * err_precise  # the failure this guards against
 
 
 def test_batch_size_and_order_invariance():

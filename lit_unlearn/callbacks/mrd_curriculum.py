@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from typing import Any
 
 import torch
@@ -110,12 +111,13 @@ class MRDCurriculum(Callback):
 
     Logged at each recomputation (``pl_module.log``, not synced: identical on all ranks): ``mrd/mean``,
     ``mrd/std``, ``mrd/min``, ``mrd/max``, ``mrd/q10`` … ``mrd/q90``, ``mrd/prob_max``,
-    ``mrd/effective_samples`` (1/Σp_i²) and ``mrd/recomputations``; also a TensorBoard histogram
+    ``mrd/effective_samples`` (1/Σp_i²), ``mrd/seconds`` (scoring wall time on this rank) and
+    ``mrd/recomputations``; also a TensorBoard histogram
     ``mrd/scores`` when the logger has ``add_histogram``.
 
     Files (rank 0, atomic) in ``output_dir`` (default ``trainer.log_dir/mrd``, i.e.
     ``default_root_dir/mrd`` without a logger): ``mrd_history.json`` (every recomputation: epoch, step,
-    stats, scores, probabilities) and, with ``log_histogram``, one ``mrd_epoch{E}_step{S}.png`` per
+    stats, scoring seconds, scores, probabilities) and, with ``log_histogram``, one ``mrd_epoch{E}_step{S}.png`` per
     recomputation (histograms of the scores and of the sampling probabilities).
 
     Checkpoints: scores, weights, history and the epoch/step of the last scoring are saved
@@ -242,17 +244,19 @@ class MRDCurriculum(Callback):
         """Score the forget set on the current weights, install new sampling weights, log and plot."""
         epoch, step = trainer.current_epoch, trainer.global_step
         loader = self.scoring_dataloader(trainer, pl_module)
+        start = time.perf_counter()
         scores = mrd_scores(
             pl_module.model, loader, sigma=self.sigma, num_samples=self.num_samples, estimator=self.estimator,
             seed=self.seed, normalization=self.normalization, upcast=self.upcast, progress=self.progress,
         )  # (N,) float32, identical on every rank
+        seconds = time.perf_counter() - start
         weights = curriculum_weights(scores, self.power, self.eps)
         self.scores, self.weights, self.last_epoch, self.last_step = scores, weights, epoch, step
         self._install(trainer, pl_module, weights)
         stats = score_summary(scores, weights)
-        self.history.append({"epoch": epoch, "step": step, "stats": stats, "scores": scores.tolist(),
-                             "probabilities": weights.tolist()})
-        self._log(trainer, pl_module, stats, on_step)
+        self.history.append({"epoch": epoch, "step": step, "stats": stats, "seconds": seconds,
+                             "scores": scores.tolist(), "probabilities": weights.tolist()})
+        self._log(trainer, pl_module, {**stats, "seconds": seconds}, on_step)
         out_dir = self.output_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "mrd")  # broadcasts
         if trainer.is_global_zero:
             self.write(out_dir, plot_last=self.log_histogram)

@@ -38,6 +38,34 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return logp.masked_fill(~mask, 0.0), mask
 
 
+def precise_token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`token_logprobs` computed so that log-probabilities near 0 keep their relative precision.
+
+    ``picked − logsumexp(logits)`` subtracts two numbers of size |logit| (~10 for a trained model), so
+    in float32 the result is quantised at ~ulp(10) ≈ 1e-6 *absolute*. For a confident token
+    (log p ≈ −1e-3) that is a 1e-3 relative error, far larger than the change a σ = 1e-5 weight
+    perturbation causes (MRD divides ΔP_t by P_t and would mostly measure rounding). Here, with
+    m = max_j l_j at index a and z = l − m (z_a = 0 exactly),
+
+        log p_y = z_y − log1p(Σ_{j≠a} exp z_j)
+
+    which resolves log p of the top token to the float32 precision of the (small) sum itself. Same
+    shapes, mask and dtype rules as :func:`token_logprobs`; only labelled positions are computed.
+    """
+    targets = labels[:, 1:]  # (B, T-1)
+    mask = targets != IGNORE_INDEX
+    rows = logits[:, :-1, :][mask]  # (N, V): only the labelled positions (prompt and padding skipped)
+    if rows.dtype != torch.float64:
+        rows = rows.float()
+    top, top_index = rows.max(dim=-1, keepdim=True)  # (N, 1)
+    shifted = rows - top  # ≤ 0, exactly 0 at the top index
+    others = shifted.exp().scatter(-1, top_index, 0.0).sum(dim=-1)  # Σ_{j≠a} exp z_j, (N,)
+    picked = shifted.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)  # (N,)
+    logp = torch.zeros(mask.shape, dtype=rows.dtype, device=rows.device)
+    logp = logp.masked_scatter(mask, picked - torch.log1p(others))  # (B, T-1), 0 where masked
+    return logp, mask
+
+
 def sequence_logprob_sum(logp: Tensor, mask: Tensor) -> Tensor:
     """Σ_t log p_t over valid tokens of each sequence: ``(B, T-1) -> (B,)``."""
     return (logp * mask).sum(dim=-1)
