@@ -1,13 +1,13 @@
 """Training-step cost of each objective relative to GradDiff, measured in one run (DESIGN.md §10).
 
 Every objective runs the same forget/retain batches (forget10 / retain90, batch 8) on the builtin target
-model: forward, backward and AdamW step, timed after a warm-up. Objectives run with an NLL retain term
+model: forward, backward and AdamW step, timed after a warm-up in blocks that alternate with GradDiff's (so drift of a shared machine cancels). Objectives run with an NLL retain term
 like GradDiff's, except where the label says "no retain" (IdkDPO's own default): IdkDPO with a retain term
 needs three policy passes (forget answer, refusal, retain) to GradDiff's two. Objectives with a reference run twice: with
 the cached reference log-probs (the cache is filled once before timing; its one-off cost is printed too) and
 with a live frozen reference model. Prints ms/step and the ratio to GradDiff.
 
-    python benchmarks/step_cost.py [--steps 40] [--threads 2]
+    python benchmarks/step_cost.py [--steps 30] [--threads 2]
 """
 from __future__ import annotations
 
@@ -21,46 +21,62 @@ from lit_unlearn.data.tofu import UnlearningDataModule
 from lit_unlearn.models.loading import builtin_tokenizer_dir
 from lit_unlearn.pipeline import cached_finetune, target_config
 
-RUNS = [("GradDiff", {}), ("GA", {}), ("NPO", {"retain_loss": "nll"}), ("IdkDPO", {"retain_loss": "nll"}),
-        ("IdkDPO", {}),
+RUNS = [("GA", {}), ("NPO", {"retain_loss": "nll"}), ("IdkDPO", {"retain_loss": "nll"}), ("IdkDPO", {}),
         ("TNPO", {"retain_loss": "nll"}), ("WTNPO", {"retain_loss": "nll"}), ("SimNPO", {"retain_loss": "nll"}),
         ("WGA", {"retain_loss": "nll"}), ("SatImp", {"retain_loss": "nll"}), ("IdkNLL", {"retain_loss": "nll"}),
         ("GradDiff", {"retain_loss": "kl"}), ("RMU", {"alpha": 1.0})]
 WITH_REFERENCE = {"NPO", "IdkDPO", "TNPO", "WTNPO"}
 
 
-def time_objective(name: str, kwargs: dict, target: str, batches: list, steps: int, warmup: int = 5) -> tuple[float, float]:
-    module = getattr(objectives, name)(target, tokenizer=target, lr=1e-5, **kwargs)
-    module.configure_model()
-    module.train()
-    fill_seconds = 0.0
-    if module.needs_cached_reference:
-        start = time.perf_counter()
-        module.model.eval()
-        module.ref_cache.fill(module.sample_logprobs, [b["forget"] for b in batches], module.reference_keys)
-        module.model.train()
-        fill_seconds = time.perf_counter() - start
-    optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=1e-5)
+class Stepper:
+    """One objective ready to train: ``step(batch)`` runs forward, backward and an AdamW step."""
 
-    def step(batch):
+    def __init__(self, name: str, kwargs: dict, target: str, batches: list):
+        self.module = module = getattr(objectives, name)(target, tokenizer=target, lr=1e-5, **kwargs)
+        module.configure_model()
+        module.train()
+        self.fill_seconds = 0.0
+        if module.needs_cached_reference:
+            start = time.perf_counter()
+            module.model.eval()
+            module.ref_cache.fill(module.sample_logprobs, [b["forget"] for b in batches], module.reference_keys)
+            module.model.train()
+            self.fill_seconds = time.perf_counter() - start
+        self.optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=1e-5)
+
+    def step(self, batch: dict) -> None:
+        module = self.module
         loss = module.gamma * module.forget_loss(batch["forget"])
         if module.retain_loss != "none":
             loss = loss + module.alpha * module.retain_term(batch["retain"])
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
 
-    for i in range(warmup):
-        step(batches[i % len(batches)])
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % len(batches)])
-    return (time.perf_counter() - start) / steps * 1000, fill_seconds
+    def run(self, batches: list, steps: int, offset: int = 0) -> float:
+        """Seconds for ``steps`` steps."""
+        start = time.perf_counter()
+        for i in range(steps):
+            self.step(batches[(offset + i) % len(batches)])
+        return time.perf_counter() - start
+
+
+def interleaved_ratio(objective: Stepper, base: Stepper, batches: list, steps: int, rounds: int = 3,
+                      warmup: int = 5) -> tuple[float, float]:
+    """(objective ms/step, base ms/step), timed in alternating blocks (ABAB...) so machine drift cancels."""
+    objective.run(batches, warmup), base.run(batches, warmup)
+    t_obj = t_base = 0.0
+    per_round = max(1, steps // rounds)
+    for r in range(rounds):
+        t_base += base.run(batches, per_round, offset=r * per_round)
+        t_obj += objective.run(batches, per_round, offset=r * per_round)
+    n = per_round * rounds
+    return t_obj / n * 1000, t_base / n * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,21 +89,24 @@ def main() -> None:
     forget = list(torch.utils.data.DataLoader(data.forget_dataset, batch_size=8, collate_fn=data.collate))
     retain = list(torch.utils.data.DataLoader(data.retain_dataset, batch_size=8, shuffle=True, collate_fn=data.collate))
     batches = [{"forget": f, "retain": r} for f, r in zip(forget, retain)]
+    graddiff = Stepper("GradDiff", {}, str(target), batches)
     rows = []
     for name, kwargs in RUNS:
         modes = ["cached", "live"] if name in WITH_REFERENCE else [None]
         for mode in modes:
             kw = {**kwargs, **({"reference": mode} if mode else {})}
-            ms, fill = time_objective(name, kw, str(target), batches, args.steps)
+            stepper = Stepper(name, kw, str(target), batches)
+            ms, base_ms = interleaved_ratio(stepper, graddiff, batches, args.steps)
             label = name + (f" ({mode} ref)" if mode else "") + (" + KL retain" if kwargs.get("retain_loss") == "kl" else "")
             if name == "IdkDPO" and "retain_loss" not in kwargs:
                 label += ", no retain"  # its default: two policy passes (forget, refusal), like GradDiff
-            rows.append((label, ms, fill))
-    base = rows[0][1]
-    print(f"threads={args.threads}, steps={args.steps}, forget/retain batch 8, model {target.name}")
-    print(f"{'objective':<28} {'ms/step':>8} {'x GradDiff':>10} {'cache fill s':>12}")
-    for label, ms, fill in rows:
-        print(f"{label:<28} {ms:8.1f} {ms / base:10.2f} {fill:12.2f}")
+            rows.append((label, ms, base_ms, stepper.fill_seconds))
+            del stepper
+    print(f"threads={args.threads}, {args.steps} timed steps per objective in 3 blocks alternating with GradDiff, "
+          f"forget/retain batch 8, model {target.name}")
+    print(f"{'objective':<32} {'ms/step':>8} {'GradDiff ms':>11} {'x GradDiff':>10} {'cache fill s':>12}")
+    for label, ms, base_ms, fill in rows:
+        print(f"{label:<32} {ms:8.1f} {base_ms:11.1f} {ms / base_ms:10.2f} {fill:12.2f}")
 
 
 if __name__ == "__main__":
