@@ -133,6 +133,7 @@ class UnlearnSpec:
     kwargs: dict = field(default_factory=dict)
     mrd: bool = False  # add the MRD curriculum (paper 002: CGA, "+MRD")
     geffect: bool = False  # record G-effect curves (paper 001)
+    lr: float | None = None  # this run's learning rate (default: DemoSettings.unlearn_lr)
 
 
 ALL_RUNS: tuple[UnlearnSpec, ...] = (
@@ -141,8 +142,8 @@ ALL_RUNS: tuple[UnlearnSpec, ...] = (
     UnlearnSpec("NPO", "NPO", geffect=True),
     UnlearnSpec("SimNPO", "SimNPO"),
     UnlearnSpec("IdkNLL", "IdkNLL"),
-    UnlearnSpec("IdkDPO", "IdkDPO"),
-    UnlearnSpec("RMU", "RMU", {"alpha": 1.0, "steering_coeff": 2.0}),
+    UnlearnSpec("IdkDPO", "IdkDPO", lr=3e-4),  # per-objective lrs: benchmarks/demo_lr_sweep.py
+    UnlearnSpec("RMU", "RMU", {"alpha": 1.0, "steering_coeff": 2.0}, lr=3e-4),
     UnlearnSpec("WGA", "WGA", geffect=True),
     UnlearnSpec("TNPO", "TNPO", geffect=True),
     UnlearnSpec("WTNPO", "WTNPO"),
@@ -150,7 +151,7 @@ ALL_RUNS: tuple[UnlearnSpec, ...] = (
     UnlearnSpec("CGA", "GA", mrd=True),
     UnlearnSpec("GradDiff+MRD", "GradDiff", mrd=True),
     UnlearnSpec("NPO+MRD", "NPO", mrd=True),
-    UnlearnSpec("IdkDPO+MRD", "IdkDPO", mrd=True),
+    UnlearnSpec("IdkDPO+MRD", "IdkDPO", mrd=True, lr=3e-4),
 )
 FAST_RUNS: tuple[str, ...] = ("GA", "CGA", "GradDiff", "NPO", "NPO+MRD", "WGA", "TNPO", "SatImp")
 
@@ -161,7 +162,7 @@ class DemoSettings:
 
     epochs: int = 10  # finetuning epochs of the target/retain models
     unlearn_epochs: int = 5  # passes over the forget split (batch 8: 13 steps each on forget10)
-    unlearn_lr: float = 1e-4  # 5e-5 barely forgets, 2e-4 destroys utility (measured on tofu-mini)
+    unlearn_lr: float = 1e-4  # 5e-5 barely forgets, 2e-4 destroys utility (GA/NPO on tofu-mini); UnlearnSpec.lr overrides
     batch_size: int = 8
     mrd_samples: int = 32  # Monte-Carlo perturbations per MRD scoring (paper: 100-200)
     max_new_tokens: int = 32  # builtin answers are at most ~20 tokens
@@ -188,7 +189,10 @@ def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out
     retain_split = "retain" + str(100 - int(forget_split.removeprefix("forget")))
     data = UnlearningDataModule(source=source, tokenizer=str(target), forget_split=forget_split,
                                 retain_split=retain_split, batch_size=settings.batch_size, max_length=64)
-    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=settings.unlearn_lr, **spec.kwargs)
+    if "lr" in spec.kwargs:
+        raise ValueError(f"UnlearnSpec {spec.name!r}: give the learning rate as UnlearnSpec.lr, not in kwargs")
+    lr = spec.lr if spec.lr is not None else settings.unlearn_lr
+    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=lr, **spec.kwargs)
     callbacks = []
     if spec.mrd:
         callbacks.append(MRDCurriculum(every_n_epochs=settings.mrd_every_n_epochs, num_samples=settings.mrd_samples,
@@ -361,10 +365,12 @@ def write_demo_report(out: Path, comparison: dict, curves: Path | None, mrd_dirs
     from lit_unlearn.utils.io import atomic_write_text
 
     table = (out / "comparison.md").read_text().split("\n", 2)[2]  # drop the title line
+    overrides = ", ".join(f"{s.name} {s.lr:g}" for s in ALL_RUNS if s.lr is not None and f"| {s.name} |" in table)
+    lr_text = f"AdamW lr {settings.unlearn_lr:g}" + (f"; {overrides} from benchmarks/demo_lr_sweep.py" if overrides else "")
     lines = [
         "# lit_unlearn demo", "",
         f"Data `{version}`; every objective unlearns the forget split for {settings.unlearn_epochs} epochs "
-        f"(batch {settings.batch_size}, AdamW lr {settings.unlearn_lr}) from the same target model; `retain` and"
+        f"(batch {settings.batch_size}, {lr_text}) from the same target model; `retain` and"
         " `target` are the references. Forget quality (FQ) is the KS-test p-value of the forget truth ratios"
         " against the retain model's (higher = closer to never having seen the data); MU is model utility.",
         "", f"Target-model forget-set memorisation accuracy: {ma['target/forget']:.3f}"

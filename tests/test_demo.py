@@ -48,3 +48,18 @@ def test_micro_demo_numbers_are_sane(micro_demo):
 def test_unknown_run_name_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Unknown demo runs"):
         run_demo(tmp_path, runs=("GA", "Nope"))
+
+
+def test_learning_rate_belongs_in_the_spec_not_in_kwargs(tmp_path):
+    from lit_unlearn.pipeline import UnlearnSpec, unlearn
+
+    with pytest.raises(ValueError, match="UnlearnSpec.lr"):
+        unlearn(UnlearnSpec("GA", "GA", {"lr": 1e-3}), tmp_path, "builtin:tofu-mini", "forget10", tmp_path,
+                DemoSettings(), progress=False)
+
+
+def test_per_run_learning_rates_are_the_sweep_picks():
+    from lit_unlearn.pipeline import ALL_RUNS
+
+    overrides = {s.name: s.lr for s in ALL_RUNS if s.lr is not None}
+    assert overrides == {"IdkDPO": 3e-4, "RMU": 3e-4, "IdkDPO+MRD": 3e-4}  # benchmarks/demo_lr_sweep.py
