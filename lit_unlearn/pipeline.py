@@ -143,7 +143,7 @@ ALL_RUNS: tuple[UnlearnSpec, ...] = (
     UnlearnSpec("SimNPO", "SimNPO"),
     UnlearnSpec("IdkNLL", "IdkNLL"),
     UnlearnSpec("IdkDPO", "IdkDPO", lr=3e-4),  # per-objective lrs: benchmarks/demo_lr_sweep.py
-    UnlearnSpec("RMU", "RMU", {"alpha": 1.0, "steering_coeff": 2.0}, lr=3e-4),
+    UnlearnSpec("RMU", "RMU", {"alpha": 1.0, "steering_coeff": 2.0}, lr=1e-2),  # trains 3 down-projections only
     UnlearnSpec("WGA", "WGA", geffect=True),
     UnlearnSpec("TNPO", "TNPO", geffect=True),
     UnlearnSpec("WTNPO", "WTNPO"),

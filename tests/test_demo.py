@@ -62,4 +62,4 @@ def test_per_run_learning_rates_are_the_sweep_picks():
     from lit_unlearn.pipeline import ALL_RUNS
 
     overrides = {s.name: s.lr for s in ALL_RUNS if s.lr is not None}
-    assert overrides == {"IdkDPO": 3e-4, "RMU": 3e-4, "IdkDPO+MRD": 3e-4}  # benchmarks/demo_lr_sweep.py
+    assert overrides == {"IdkDPO": 3e-4, "RMU": 1e-2, "IdkDPO+MRD": 3e-4}  # benchmarks/demo_lr_sweep.py

@@ -407,6 +407,19 @@ def test_target_vs_retain_model(finetuned_tiny, retain_tiny, tmp_path):
     assert all(e["privleak"] == pytest.approx(0.0, abs=1e-9) for e in again["mia"].values())
 
 
+def test_in_memory_model_is_labelled_as_such(finetuned_tiny):
+    from lit_unlearn.models.loading import load_causal_lm
+
+    model = load_causal_lm(finetuned_tiny)
+    kw = dict(splits={"forget": "forget10_perturbed"}, max_samples=2, generation=False, el_splits=[], progress=False)
+    by_path = TOFUEvaluation(finetuned_tiny, **kw).run()
+    in_memory = TOFUEvaluation(model, tokenizer=finetuned_tiny, **kw).run()
+    assert by_path["metadata"]["model"] == finetuned_tiny
+    # an unlearned model's weights differ from the folder it was loaded from: the label must not claim that folder
+    assert in_memory["metadata"]["model"] == f"in-memory {type(model).__name__} (initialised from {finetuned_tiny})"
+    assert in_memory["summary"] == by_path["summary"]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -425,8 +425,7 @@ class TOFUEvaluation:
             **base_metadata(),
             "source": self.source,
             "data_version": source_version(self.source, self.seed),
-            "model": str(self.model_or_path) if isinstance(self.model_or_path, (str, os.PathLike))
-            else (getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
+            "model": _model_label(self.model_or_path, model),
             "world_size": world_size,
             "strategy": "torch.distributed" if world_size > 1 else "single_process",
             "backend": torch.distributed.get_backend() if world_size > 1 else None,
@@ -444,3 +443,12 @@ class TOFUEvaluation:
         if rank == 0 and self.config.report_dir and self.config.write_report:
             write_report(report, self.config.report_dir, plots=self.config.plots)
         return report
+
+
+def _model_label(model_or_path: Any, model: torch.nn.Module) -> str:
+    """The report's ``metadata.model``: the folder or hub name, or for an in-memory model a label that says so
+    (its weights may differ from the folder it was first loaded from, e.g. after unlearning)."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return str(model_or_path)
+    origin = getattr(getattr(model, "config", None), "_name_or_path", "")
+    return f"in-memory {type(model).__name__}" + (f" (initialised from {origin})" if origin else "")
