@@ -74,7 +74,7 @@ def mrd_all_estimators(model, dataset, collate, world: int, rank: int) -> dict:
 
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     loader = DataLoader(dataset, batch_size=1, sampler=sampler, collate_fn=collate)
-    return {name: mrd_scores(model, loader, sigma=1e-3, progress=False, **kw) for name, kw in MRD_SETTINGS.items()}
+    return {name: mrd_scores(model, loader, sigma=1e-5, progress=False, **kw) for name, kw in MRD_SETTINGS.items()}
 
 
 def worker_zero3_checks(cfg: dict) -> None:
@@ -262,7 +262,7 @@ def mrd_all_estimators_single(model, data, estimator: str) -> torch.Tensor:
     from lit_unlearn.analysis.mrd import mrd_scores
 
     loader = DataLoader(data.forget_dataset, batch_size=1, shuffle=False, collate_fn=data.collate)
-    return mrd_scores(model, loader, sigma=1e-3, progress=False, **MRD_SETTINGS[estimator])
+    return mrd_scores(model, loader, sigma=1e-5, progress=False, **MRD_SETTINGS[estimator])
 
 
 def test_rmu_trains_under_zero3(checks, tiny_model_dir):
