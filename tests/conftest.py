@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -57,3 +60,24 @@ def finetuned_tiny(tmp_path_factory, builtin_tokenizer_path) -> str:
     path = tmp_path_factory.mktemp("models") / "finetuned_tiny"
     finetune_tiny(path, builtin_tokenizer_path, ["forget10", "real_authors"], max_steps=120)
     return str(path)
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for a gloo rendezvous (MASTER_PORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn_and_wait(fn: Callable, args: tuple, nprocs: int, timeout: float, what: str) -> None:
+    """``torch.multiprocessing.spawn`` ``fn(rank, *args)`` on ``nprocs`` processes; kill them and fail the test
+    if they have not finished within ``timeout`` seconds (a hung collective must not hang the suite)."""
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{what} did not finish in {timeout:g} s")

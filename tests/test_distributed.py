@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,17 +37,13 @@ GLOBAL_BATCH = 4
 # ------------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(script: Path | str, config: dict | list[str], nproc: int, timeout: int = 300) -> float:
     """Run ``script CONFIG_JSON`` on ``nproc`` CPU processes (torchrun when > 1); return the wall time.
 
     ``script`` may be ``-m module`` (then ``config`` is the list of its arguments).
     """
+    from conftest import free_port  # here, not at the top: this file is also the workers' script
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "PYTHONWARNINGS": "ignore", "DS_ACCELERATOR": "cpu"}
     args = config if isinstance(config, list) else [json.dumps(config)]

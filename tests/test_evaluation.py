@@ -13,7 +13,7 @@ from rouge_score.rouge_scorer import RougeScorer
 from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
-from conftest import finetune_tiny
+from conftest import finetune_tiny, free_port, spawn_and_wait
 
 from lit_unlearn.data.builtin import BUILTIN_VERSION
 from lit_unlearn.data import DataValidationError
@@ -277,21 +277,8 @@ def _dist_worker(rank: int, world_size: int, port: int, path: str, out: str) -> 
 
 def test_plain_evaluation_under_torch_distributed(finetuned_tiny, small_plain_report, tmp_path):
     """TOFUEvaluation on each rank of an initialised gloo group shards the samples and agrees with 1 process."""
-    import socket
-    import time
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = mp.spawn(_dist_worker, args=(2, port, finetuned_tiny, str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 240
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process evaluation did not finish in 240 s")
+    spawn_and_wait(_dist_worker, (2, free_port(), finetuned_tiny, str(tmp_path)), nprocs=2, timeout=240,
+                   what="the 2-process evaluation")
     report = load_report(tmp_path / "report.json")  # written by rank 0 only
     assert report["metadata"]["world_size"] == 2 and report["metadata"]["effective_batch_size"] == 4
     assert_same_values(report, small_plain_report)

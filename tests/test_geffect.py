@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import types
 
 import lightning.pytorch as pl
@@ -16,6 +15,7 @@ import transformers
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from conftest import free_port
 from lit_unlearn.analysis.geffect import (
     GEffect,
     g_effect,
@@ -431,9 +431,7 @@ def _all_reduce_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_all_reduce_averages_risk_gradients_over_ranks(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # fork: the children reuse the imported modules (spawn would spend seconds re-importing them)
     mp.start_processes(_all_reduce_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
 

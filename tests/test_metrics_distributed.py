@@ -3,15 +3,13 @@ order, padded with a repeated sample), and compute()/value_by_index() equal the 
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
+from conftest import free_port, spawn_and_wait
 from lit_unlearn import metrics as LM
 
 N_FORGET, N_HOLDOUT, WORLD_SIZE = 7, 5, 2
@@ -80,21 +78,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_equals_single_process(tmp_path):
     expected = run_metrics(rank=0, world_size=1)
-    context = mp.spawn(_worker, args=(WORLD_SIZE, free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process gloo run did not finish in 120 s")
+    spawn_and_wait(_worker, (WORLD_SIZE, free_port(), str(tmp_path)), nprocs=WORLD_SIZE, timeout=120,
+                   what="the 2-process gloo run")
 
     for rank in range(WORLD_SIZE):
         got = torch.load(tmp_path / f"rank{rank}.pt")

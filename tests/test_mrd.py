@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from scipy.stats import spearmanr
 from torch import nn
 from transformers import LlamaForCausalLM
 
+from conftest import free_port
 from lit_unlearn.analysis.mrd import ParameterPerturbation, mrd_scores, perturbation, relative_change
 from lit_unlearn.models.tiny import tiny_llama_config
 
@@ -394,12 +394,6 @@ def test_bad_input_raises():
 # ----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -421,7 +415,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_two_process_gloo_matches_one_process(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     model, rows = small_llama(seed=6, dtype=torch.float64), make_dataset(7, seed=6)
     for estimator in ("mean_abs", "analytic"):
         single = mrd_scores(model, loader(rows, 3), num_samples=6, estimator=estimator, progress=False)
