@@ -291,6 +291,46 @@ def test_analytic_agrees_with_monte_carlo_at_large_k():
     assert spearmanr(analytic.numpy(), mc.numpy()).statistic > 0.7
 
 
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_analytic_per_sample_gradients_by_vmap_equal_the_loop(tied, normalization, monkeypatch):
+    # float64: the two ways of getting per-sample gradients must agree to rounding, padding included
+    import lit_unlearn.analysis.mrd as mrd
+
+    model = small_llama(seed=6, tied=tied, dtype=torch.float64)
+    rows = make_dataset(7, max_len=18, seed=6)  # right-padded, lengths 8..18
+    kw = dict(estimator="analytic", normalization=normalization, progress=False)
+    loop = mrd_scores(model, loader(rows, 4), per_sample="loop", **kw)
+    vmapped = mrd_scores(model, loader(rows, 4), per_sample="vmap", **kw)
+    torch.testing.assert_close(vmapped, loop, rtol=1e-6, atol=0)
+    monkeypatch.setattr(mrd, "_vmap_chunk_size", lambda params, device: 3)  # chunks of 3 within batches of 4
+    torch.testing.assert_close(mrd_scores(model, loader(rows, 4), per_sample="vmap", **kw), loop, rtol=1e-6, atol=0)
+
+
+def test_analytic_per_sample_modes_choose_and_refuse(monkeypatch):
+    import lit_unlearn.analysis.mrd as mrd
+
+    model, rows = small_llama(seed=7), make_dataset(4, seed=7)
+    with pytest.raises(ValueError, match="per_sample"):
+        mrd_scores(model, loader(rows, 2), estimator="analytic", per_sample="batched", progress=False)
+    custom = lambda m, b: mrd.causal_lm_logprobs(m, b)  # noqa: E731
+    with pytest.raises(ValueError, match="custom logprob_fn"):
+        mrd_scores(model, loader(rows, 2), estimator="analytic", per_sample="vmap", logprob_fn=custom,
+                   progress=False)
+    left = [{**r, "attention_mask": r["attention_mask"].flip(0), "input_ids": r["input_ids"].flip(0),
+             "labels": r["labels"].flip(0)} for r in rows]  # left-padded
+    with pytest.raises(ValueError, match="right-padded"):
+        mrd_scores(model, loader(left, 2), estimator="analytic", per_sample="vmap", progress=False)
+
+    def no_vmap(*args, **kwargs):
+        raise AssertionError("vmap path taken")
+
+    monkeypatch.setattr(mrd, "_analytic_scores_vmap", no_vmap)
+    # "auto" on a CPU, a custom logprob_fn, or a left-padded batch: the loop
+    mrd_scores(model, loader(rows, 2), estimator="analytic", progress=False)
+    mrd_scores(model, loader(left, 2), estimator="analytic", progress=False)
+
+
 class Quadratic(nn.Module):
     """P_t(θ) = c_t + b_t·θ − ½ Σ_i a_ti θ_i²: H_t = −diag(a_t), so tr(H_t) = −Σ_i a_ti exactly."""
 

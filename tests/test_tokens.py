@@ -33,7 +33,8 @@ def _confident_logits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def test_precise_matches_float64_reference_and_mask():
     logits, labels = _confident_logits()
     ref = _reference(logits, labels)
-    for fn in (token_logprobs, precise_token_logprobs):
+    dense = lambda x, y: precise_token_logprobs(x, y, dense=True)
+    for fn in (token_logprobs, precise_token_logprobs, dense):
         logp, mask = fn(logits, labels)  # float64 in -> float64 out
         assert logp.dtype == torch.float64 and torch.equal(mask, labels[:, 1:] != IGNORE_INDEX)
         torch.testing.assert_close(logp, ref, rtol=1e-12, atol=1e-14)
@@ -48,6 +49,7 @@ def test_precise_keeps_relative_precision_of_confident_tokens_in_float32():
     plain, _ = token_logprobs(logits.float(), labels)
     precise, _ = precise_token_logprobs(logits.float(), labels)
     assert precise.dtype == torch.float32
+    assert torch.equal(precise_token_logprobs(logits.float(), labels, dense=True)[0], precise)
     # the plain form is quantised at ulp(|logit| ~ 18) ~ 2e-6 absolute: ~1e-3 relative at log p ~ -1e-3
     assert rel(plain) > 1e-4
     # the precise form is limited by float32 input rounding of the logits (~1e-6 absolute on l_j - l_max,
@@ -61,7 +63,7 @@ def test_precise_handles_ties_and_targets_below_the_top():
                           dtype=torch.float64)
     labels = torch.tensor([[IGNORE_INDEX, 0, 2, 1]])
     logp, mask = precise_token_logprobs(logits, labels)
-    assert mask.all()
+    assert mask.all() and torch.equal(precise_token_logprobs(logits, labels, dense=True)[0], logp)
     expected = torch.log_softmax(logits[0, :3], dim=-1)[[0, 1, 2], [0, 2, 1]]
     torch.testing.assert_close(logp[0], expected, rtol=1e-14, atol=1e-15)
 
@@ -70,6 +72,7 @@ def test_precise_gradient_equals_log_softmax_gradient():
     logits, labels = _confident_logits(seed=2)
     logits.requires_grad_(True)
     torch.autograd.gradcheck(lambda x: precise_token_logprobs(x, labels)[0], (logits,))
+    torch.autograd.gradcheck(lambda x: precise_token_logprobs(x, labels, dense=True)[0], (logits,))
     (g_precise,) = torch.autograd.grad(precise_token_logprobs(logits, labels)[0].sum(), logits)
     (g_plain,) = torch.autograd.grad(token_logprobs(logits, labels)[0].sum(), logits)
     torch.testing.assert_close(g_precise, g_plain, rtol=1e-10, atol=1e-12)

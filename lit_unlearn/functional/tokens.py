@@ -38,7 +38,7 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return logp.masked_fill(~mask, 0.0), mask
 
 
-def precise_token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def precise_token_logprobs(logits: Tensor, labels: Tensor, dense: bool = False) -> tuple[Tensor, Tensor]:
     """:func:`token_logprobs` computed so that log-probabilities near 0 keep their relative precision.
 
     ``picked − logsumexp(logits)`` subtracts two numbers of size |logit| (~10 for a trained model), so
@@ -50,20 +50,28 @@ def precise_token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tens
         log p_y = z_y − log1p(Σ_{j≠a} exp z_j)
 
     which resolves log p of the top token to the float32 precision of the (small) sum itself. Same
-    shapes, mask and dtype rules as :func:`token_logprobs`; only labelled positions are computed.
+    shapes, mask and dtype rules as :func:`token_logprobs`. By default only labelled positions are
+    computed (prompt and padding skipped); ``dense=True`` computes every position and masks afterwards,
+    which has no data-dependent shapes (for ``torch.func.vmap``) and gives the same values.
     """
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE_INDEX
-    rows = logits[:, :-1, :][mask]  # (N, V): only the labelled positions (prompt and padding skipped)
+    if dense:
+        rows = logits[:, :-1, :]  # (B, T-1, V)
+        picked_targets = targets.masked_fill(~mask, 0)  # (B, T-1)
+    else:
+        rows = logits[:, :-1, :][mask]  # (N, V): only the labelled positions
+        picked_targets = targets[mask]  # (N,)
     if rows.dtype != torch.float64:
         rows = rows.float()
-    top, top_index = rows.max(dim=-1, keepdim=True)  # (N, 1)
+    top, top_index = rows.max(dim=-1, keepdim=True)
     shifted = rows - top  # ≤ 0, exactly 0 at the top index
-    others = shifted.exp().scatter(-1, top_index, 0.0).sum(dim=-1)  # Σ_{j≠a} exp z_j, (N,)
-    picked = shifted.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)  # (N,)
+    others = shifted.exp().scatter(-1, top_index, 0.0).sum(dim=-1)  # Σ_{j≠a} exp z_j
+    picked = shifted.gather(-1, picked_targets.unsqueeze(-1)).squeeze(-1)
+    if dense:
+        return (picked - torch.log1p(others)).masked_fill(~mask, 0.0), mask  # (B, T-1)
     logp = torch.zeros(mask.shape, dtype=rows.dtype, device=rows.device)
-    logp = logp.masked_scatter(mask, picked - torch.log1p(others))  # (B, T-1), 0 where masked
-    return logp, mask
+    return logp.masked_scatter(mask, picked - torch.log1p(others)), mask  # (B, T-1), 0 where masked
 
 
 def sequence_logprob_sum(logp: Tensor, mask: Tensor) -> Tensor:
