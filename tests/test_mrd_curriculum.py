@@ -134,7 +134,7 @@ def test_weights_equal_direct_mrd_and_epoch_schedule(tmp_path, monkeypatch, fine
 
     monkeypatch.setattr(mrd_curriculum_module, "mrd_scores", spy)
     module, data = make_run(finetuned_tiny, builtin_tokenizer_path, recording_ga)
-    cb = MRDCurriculum(every_n_epochs=2, num_samples=K, power=1.0, eps=1e-3)
+    cb = MRDCurriculum(every_n_epochs=2, num_samples=K, power=1.0, eps=1e-3, png_every_scoring=True)
     trainer = make_trainer(tmp_path, [cb], max_epochs=5)
     trainer.fit(module, datamodule=data)
 
@@ -302,7 +302,9 @@ def test_drop_in_plain_lightning_module(tmp_path):
         probs = cb.history[epoch]["probabilities"]
         assert max(probs) > 1.5 * min(probs)  # a real curriculum, not uniform
         assert module.drawn[epoch] == expected_draws(probs, epoch, N, seed=7)
-    assert len(list((tmp_path / "mrd").glob("*.png"))) == 3
+    # by default one PNG, of the last recomputation, written at the end of fit
+    last = cb.history[-1]
+    assert [p.name for p in (tmp_path / "mrd").glob("*.png")] == [f"mrd_epoch0002_step{last['step']:07d}.png"]
 
 
 class Recorder(L.Callback):
