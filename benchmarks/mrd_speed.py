@@ -3,6 +3,7 @@
     python benchmarks/mrd_speed.py            # default: random-init tiny Llama, ~2 min on 2 CPU cores
     python benchmarks/mrd_speed.py --quick    # smoke run, seconds
     python benchmarks/mrd_speed.py --model /path/to/hf_causal_lm_folder
+    python benchmarks/mrd_speed.py --builtin --device cuda   # on a GPU (the ≥20× bar presumes one)
 
 Prints:
  (1) our batched scorer (lit_unlearn.analysis.mrd.mrd_scores) vs a faithful naive Algorithm 1 (per
@@ -56,11 +57,12 @@ def naive_algorithm1(model: torch.nn.Module, rows: list[dict], sigma: float, num
                      seed: int = 0) -> torch.Tensor:
     """MRD paper Algorithm 1 run sample by sample: for each k copy the weights, add δ_k, forward, restore."""
     model.eval()
+    device = next(model.parameters()).device
     scores = []
     with torch.no_grad():
         for row in rows:
             n = int(row["attention_mask"].sum())
-            ids, labels = row["input_ids"][None, :n], row["labels"][None, :n]
+            ids, labels = row["input_ids"][None, :n].to(device), row["labels"][None, :n].to(device)
             logp, mask = tokens.precise_token_logprobs(model(input_ids=ids).logits, labels)  # (1, n-1) at θ
             total = 0.0
             for k in range(num_samples):
@@ -76,12 +78,20 @@ def naive_algorithm1(model: torch.nn.Module, rows: list[dict], sigma: float, num
     return torch.tensor(scores)
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it (no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeat: int = 1):
     """(result, best wall time over ``repeat`` runs)."""
     best = float("inf")
     for _ in range(repeat):
+        synchronize()
         start = time.perf_counter()
         out = fn()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return out, best
 
@@ -99,6 +109,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="number of sequences (default 24, quick 6)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of our scorer (default: all)")
     parser.add_argument("--sigma", type=float, default=1e-5)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="repeat (2) and (3) with this many δ_k seeds and print mean [min, max]: with 24 "
+                             "samples one Spearman has a sampling spread of several hundredths")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 keeps tiny-model timings stable on a shared CPU)")
     args = parser.parse_args()
@@ -119,7 +133,7 @@ def main() -> None:
         from lit_unlearn.models.tiny import tiny_llama
 
         model, name = tiny_llama(seed=0), "tiny_llama(seed=0), random init"
-    model.eval()
+    model.to(args.device).eval()
     n = args.samples or (6 if args.quick else 24)
     k_main = 16 if args.quick else 200
     k_small, k_large = (8, 64) if args.quick else (32, 512)
@@ -128,17 +142,19 @@ def main() -> None:
     dataloader = torch.utils.data.DataLoader(rows, batch_size=args.batch_size or n)
     n_params = sum(p.numel() for p in model.parameters())
     what = "builtin forget10 samples" if args.builtin else "random sequences (8-token prompt, 16-32 answer tokens)"
+    where = torch.cuda.get_device_name(args.device) if "cuda" in args.device else f"cpu, threads={args.threads}"
     print(f"MRD speed: {name}, {n_params / 1e6:.2f}M params, {n} {what}, "
-          f"sigma={args.sigma:g}, batch={dataloader.batch_size}, threads={args.threads}")
+          f"sigma={args.sigma:g}, batch={dataloader.batch_size}, device: {where}")
 
-    def ours(k: int, estimator: str = "mean_abs", seed: int = 0) -> torch.Tensor:
+    def ours(k: int, estimator: str = "mean_abs", seed: int = 0, per_sample: str = "auto") -> torch.Tensor:
         return mrd_scores(model, dataloader, sigma=args.sigma, num_samples=k, estimator=estimator, seed=seed,
-                          progress=False)
+                          per_sample=per_sample, progress=False)
 
-    ours(2)  # warm-up (allocator, kernels)
+    ours(2), ours(1, "analytic")  # warm-up (allocator, kernels, autograd)
     naive, t_naive = timed(lambda: naive_algorithm1(model, rows, args.sigma, k_main))
     batched, t_batched = timed(lambda: ours(k_main))
     analytic, t_analytic = timed(lambda: ours(1, "analytic"), repeat=3)  # short: best of 3
+    _, t_analytic_loop = timed(lambda: ours(1, "analytic", per_sample="loop"), repeat=3)
     print(f"(1) batched vs naive Algorithm 1, K={k_main}: naive {t_naive:.1f}s, batched {t_batched:.2f}s -> "
           f"{t_naive / t_batched:.1f}x faster; Spearman {spearman(batched, naive):.4f}; "
           f"max rel. diff {((batched - naive).abs() / naive).max():.2e}   [bar: >=20x, >=0.95]")
@@ -154,26 +170,52 @@ def main() -> None:
     print(f"    (score spread across samples: CV {spread:.1%}; Monte-Carlo noise of mean_abs at K: "
           f"0.755/sqrt(K) = {0.755 / k_small ** 0.5:.1%} at K={k_small}, {0.755 / k_main ** 0.5:.1%} at K={k_main})")
 
-    mc_again = ours(k_main, seed=1)  # Algorithm 1 with fresh δ_k: the Monte-Carlo noise ceiling for (3)
+    mc_again = ours(k_main, seed=args.repeats)  # Algorithm 1 with fresh δ_k: the Monte-Carlo noise ceiling for (3)
     ratio = analytic / naive
     print(f"(3) analytic vs Algorithm 1 at K={k_main}: {t_analytic:.2f}s vs naive {t_naive:.1f}s -> "
-          f"{t_naive / t_analytic:.0f}x faster ({t_batched / t_analytic:.1f}x vs our batched MC); "
+          f"{t_naive / t_analytic:.0f}x faster ({t_batched / t_analytic:.1f}x vs our batched MC; per-sample loop "
+          f"{t_analytic_loop:.2f}s, {t_naive / t_analytic_loop:.0f}x); "
           f"Spearman {spearman(analytic, naive):.4f} (vs batched {spearman(analytic, batched):.4f}); "
           f"ratio mean {ratio.mean():.3f}, min {ratio.min():.3f}, max {ratio.max():.3f}   [bar: >=100x, >=0.95]")
-    print(f"    ceiling: Algorithm 1 K={k_main} seed 0 vs seed 1 (same estimator, new δ_k): "
+    print(f"    ceiling: Algorithm 1 K={k_main} seed 0 vs seed {args.repeats} (same estimator, new δ_k): "
           f"Spearman {spearman(naive, mc_again):.4f}")
+    if args.repeats > 1:
+        repeated(ours, analytic, k_small, k_large, k_main, args.repeats)
     cost_breakdown(model, rows, dataloader, args.sigma, t_naive / (n * k_main))
 
 
+def repeated(ours, analytic: torch.Tensor, k_small: int, k_large: int, k_main: int, repeats: int) -> None:
+    """(2) and (3) over δ_k seeds 0..repeats-1: how much one Spearman moves with the draw."""
+    def summary(values: list[float]) -> str:
+        return f"mean {sum(values) / len(values):.3f} [min {min(values):.3f}, max {max(values):.3f}]"
+
+    smalls = [k_small, 2 * k_small, 4 * k_small]  # how much K stable ranks need
+    stability, vs_analytic, ceiling = {k: [] for k in smalls}, [], []
+    for seed in range(repeats):
+        large = ours(k_large, seed=seed)
+        for k in smalls:
+            stability[k].append(spearman(ours(k, seed=seed), large))
+        mc = ours(k_main, seed=seed)
+        vs_analytic.append(spearman(analytic, mc))
+        ceiling.append(spearman(mc, ours(k_main, seed=seed + repeats)))
+    for k in smalls:
+        print(f"(2') over {repeats} seeds: rank stability mean_abs K={k} vs K={k_large}: {summary(stability[k])}"
+              + ("   [bar: >=0.9]" if k == k_small else ""))
+    print(f"(3') over {repeats} seeds: analytic vs Algorithm 1 at K={k_main}: {summary(vs_analytic)}; "
+          f"ceiling (Algorithm 1 vs Algorithm 1, new δ_k): {summary(ceiling)}")
+
+
 def cost_breakdown(model: torch.nn.Module, rows: list[dict], dataloader, sigma: float, naive_unit: float) -> None:
-    """Where the time goes: why batching bounds the speedup on a CPU (arithmetic-bound forwards)."""
-    batch = next(iter(dataloader))
+    """Where the time goes: on a CPU forwards are arithmetic-bound, so batching saves little; on a GPU they are
+    launch-bound, so a batch costs about what one sample does."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in next(iter(dataloader)).items()}
     names = [(name, p.shape) for name, p in model.named_parameters()]
     with torch.no_grad():
-        _, t_noise = timed(lambda: [perturbation(n, s, 0, sigma=sigma) for n, s in names], repeat=5)
+        _, t_noise = timed(lambda: [perturbation(n, s, 0, sigma=sigma, device=device) for n, s in names], repeat=5)
         _, t_batch = timed(lambda: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]),
                            repeat=5)
-        singles = [r["input_ids"][None, : int(r["attention_mask"].sum())] for r in rows]
+        singles = [r["input_ids"][None, : int(r["attention_mask"].sum())].to(device) for r in rows]
         _, t_single = timed(lambda: [model(input_ids=ids) for ids in singles], repeat=3)
     n = len(rows)
     print(f"(4) cost per δ_k: noise for all parameters {t_noise * 1e3:.1f} ms; forward per sample "

@@ -1,0 +1,118 @@
+"""GPU paths: MRD numerics under TF32 and bf16 on CUDA, and an unlearning run with MRD on a GPU.
+
+Skipped where CUDA is absent (CI has no GPU); run on a GPU machine with ``pytest tests/test_cuda.py``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_unlearn.analysis.mrd import mrd_scores, perturbation
+from lit_unlearn.functional import tokens
+from test_mrd import loader, make_dataset, small_llama
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def naive_algorithm1_cuda(model: torch.nn.Module, row: dict, sigma: float, num_samples: int) -> float:
+    """Algorithm 1 for one sample, literally, with the CUDA-drawn δ_k that ``mrd_scores`` uses on a GPU."""
+    length = int(row["attention_mask"].sum())
+    ids, labels = row["input_ids"][None, :length].to(CUDA), row["labels"][None, :length].to(CUDA)
+    with torch.no_grad():
+        logp, mask = tokens.precise_token_logprobs(model(input_ids=ids).logits, labels)
+        total = 0.0
+        for k in range(num_samples):
+            saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+            for name, p in model.named_parameters():
+                p.add_(perturbation(name, p.shape, k, sigma=sigma, device=CUDA))
+            logp_k, _ = tokens.precise_token_logprobs(model(input_ids=ids).logits, labels)
+            for name, p in model.named_parameters():
+                p.copy_(saved[name])
+            total += abs(float(((logp - logp_k) / logp.clamp_max(-1e-6))[mask].sum()))
+    return total / num_samples
+
+
+@pytest.fixture
+def tf32_switched_on():
+    """A user who enabled TF32 globally (common on Ampere+): MRD must not inherit it."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_cuda_scores_match_literal_algorithm1_even_with_tf32_on(tf32_switched_on):
+    model = small_llama(seed=1).to(CUDA)
+    rows = make_dataset(6, seed=1)
+    ours = mrd_scores(model, loader(rows, 3), sigma=1e-5, num_samples=8, progress=False)
+    assert torch.backends.cuda.matmul.allow_tf32  # the user's setting is back
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference runs in true fp32
+    naive = torch.tensor([naive_algorithm1_cuda(model, r, 1e-5, 8) for r in rows])
+    torch.testing.assert_close(ours, naive, rtol=2e-3, atol=0)
+
+
+def test_cuda_noise_is_drawn_on_the_gpu_and_reproducible():
+    a = perturbation("w", (64, 32), 3, sigma=1e-5, device=CUDA)
+    assert a.device.type == "cuda" and a.dtype == torch.float32
+    torch.testing.assert_close(a, perturbation("w", (64, 32), 3, sigma=1e-5, device=CUDA), rtol=0, atol=0)
+    assert abs(a.std().item() / 1e-5 - 1) < 0.05
+
+
+def test_cuda_weights_bit_exact_after_scoring():
+    model = small_llama(seed=2).to(CUDA)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for estimator in ("mean_abs", "abs_mean", "analytic"):
+        mrd_scores(model, loader(make_dataset(4), 2), num_samples=4, estimator=estimator, progress=False)
+    for name, p in model.named_parameters():
+        assert p.device.type == "cuda" and torch.equal(p, before[name]), name
+
+
+def test_cuda_bf16_model_upcast_equals_its_fp32_copy():
+    model = small_llama(seed=5).to(CUDA, torch.bfloat16)
+    dl = loader(make_dataset(4), 2)
+    with pytest.raises(ValueError, match="bf16|bfloat16"):
+        mrd_scores(model, dl, num_samples=2, progress=False)
+    upcast = mrd_scores(model, dl, num_samples=4, upcast=True, progress=False)
+    reference = mrd_scores(small_llama(seed=5).to(CUDA, torch.bfloat16).float(), dl, num_samples=4, progress=False)
+    torch.testing.assert_close(upcast, reference, rtol=0, atol=0)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_analytic_scores_agree_between_cpu_and_cuda():
+    # the analytic estimator draws no noise, so the two devices must agree up to float32 reduction order
+    rows = make_dataset(6, seed=4)
+    cpu = mrd_scores(small_llama(seed=4), loader(rows, 3), estimator="analytic", progress=False)
+    gpu = mrd_scores(small_llama(seed=4).to(CUDA), loader(rows, 3), estimator="analytic", progress=False)
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=0)
+
+
+def test_analytic_on_cuda_takes_the_vmap_path_and_matches_the_loop(monkeypatch):
+    import lit_unlearn.analysis.mrd as mrd
+
+    model, rows = small_llama(seed=8).to(CUDA), make_dataset(9, seed=8)
+    loop = mrd_scores(model, loader(rows, 5), estimator="analytic", per_sample="loop", progress=False)
+    calls = []
+    original = mrd._analytic_scores_vmap
+    monkeypatch.setattr(mrd, "_analytic_scores_vmap", lambda *a, **k: calls.append(1) or original(*a, **k))
+    auto = mrd_scores(model, loader(rows, 5), estimator="analytic", progress=False)
+    assert len(calls) == 2  # both batches
+    torch.testing.assert_close(auto, loop, rtol=1e-4, atol=0)
+
+
+def test_unlearning_with_mrd_curriculum_on_a_gpu(finetuned_tiny, tmp_path):
+    from lit_unlearn.pipeline import DemoSettings, UnlearnSpec, unlearn
+
+    settings = DemoSettings(unlearn_epochs=2, mrd_samples=4, mrd_every_n_epochs=1, accelerator="gpu")
+    module, callbacks = unlearn(UnlearnSpec("NPO+MRD", "NPO", mrd=True), Path(finetuned_tiny), "builtin:tofu-mini",
+                                "forget10", tmp_path, settings, progress=False)
+    assert module.trainer.strategy.root_device.type == "cuda"  # (Lightning moves the module back to CPU after fit)
+    curriculum = callbacks[0]
+    assert len(curriculum.history) >= 2  # before training, then every epoch
+    scores = torch.tensor(curriculum.history[-1]["scores"])
+    assert torch.isfinite(scores).all() and (scores > 0).all()
+    loss = module.trainer.callback_metrics.get("train/loss")
+    assert loss is not None and math.isfinite(float(loss))
