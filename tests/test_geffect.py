@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from conftest import free_port
 from lit_unlearn.analysis.geffect import (
-    GEffect,
     g_effect,
     layer_groups,
     objective_gradient,
