@@ -331,6 +331,32 @@ def test_analytic_per_sample_modes_choose_and_refuse(monkeypatch):
     mrd_scores(model, loader(left, 2), estimator="analytic", progress=False)
 
 
+class BranchingLlama(LlamaForCausalLM):
+    """A causal LM whose forward branches on tensor values: torch.func.vmap cannot trace it."""
+
+    def forward(self, input_ids=None, **kwargs):
+        if bool(input_ids.max() < 0):  # never true; data-dependent control flow all the same
+            raise AssertionError
+        return super().forward(input_ids=input_ids, **kwargs)
+
+
+def test_analytic_auto_falls_back_to_the_loop_when_vmap_cannot_trace_the_model(monkeypatch):
+    import lit_unlearn.analysis.mrd as mrd
+
+    model = small_llama(seed=9)
+    branching = BranchingLlama(model.config)
+    branching.load_state_dict(model.state_dict())
+    rows = make_dataset(6, seed=9)
+    kw = dict(estimator="analytic", progress=False)
+    loop = mrd_scores(model, loader(rows, 3), per_sample="loop", **kw)
+    with pytest.raises(RuntimeError, match="vmap"):
+        mrd_scores(branching, loader(rows, 3), per_sample="vmap", **kw)
+    monkeypatch.setattr(mrd, "_vmap_pays_off", lambda device: True)  # what "auto" does on CUDA
+    with pytest.warns(UserWarning, match="vmap failed for BranchingLlama"):
+        auto = mrd_scores(branching, loader(rows, 3), **kw)
+    torch.testing.assert_close(auto, loop, rtol=1e-5, atol=0)
+
+
 class Quadratic(nn.Module):
     """P_t(θ) = c_t + b_t·θ − ½ Σ_i a_ti θ_i²: H_t = −diag(a_t), so tr(H_t) = −Σ_i a_ti exactly."""
 

@@ -423,6 +423,11 @@ def _right_padded(batch: Mapping[str, Any]) -> bool:
     return ones_then_zeros and not bool(((attention == 0) & (labels != tokens.IGNORE_INDEX)).any())
 
 
+def _vmap_pays_off(device: torch.device) -> bool:
+    """Where "auto" tries vmap: on CUDA (launch-bound per-sample backwards). On a CPU the loop was faster."""
+    return device.type == "cuda"
+
+
 def _vmap_chunk_size(params: list[nn.Parameter], device: torch.device) -> int:
     """Samples per vmapped chunk: each holds a full float32 gradient (and a squared copy) at once, so a chunk
     may use a quarter of the free GPU memory (1 GiB on CPU)."""
@@ -460,6 +465,30 @@ def _analytic_scores_vmap(model: nn.Module, batch: Mapping[str, Any], sigma: flo
         warnings.filterwarnings("ignore", message="There is a performance drop")
         sq_norms = vmap(squared_grad_norm, in_dims=(None, 0, 0), chunk_size=chunk_size)(weights, ids, labels)
     return (math.sqrt(2.0 / math.pi) * sigma * sq_norms.sqrt()).cpu()  # (B,) float64
+
+
+class _VmapFailed(Exception):
+    """torch.func could not trace the model (data-dependent control flow, missing batching rule, memory)."""
+
+
+def _vmapped_or_none(model: nn.Module, batch: Mapping[str, Any], sigma: float, normalization: str, p_floor: float,
+                     chunk_size: int, strict: bool) -> Tensor | None:
+    """:func:`_analytic_scores_vmap`, or None for a batch that is not right-padded. ``strict`` (per_sample="vmap")
+    turns both that and a failure of torch.func into errors; otherwise a failure warns and raises _VmapFailed."""
+    if not _right_padded(batch):
+        if strict:
+            raise ValueError("MRD: per_sample='vmap' needs right-padded batches (attention mask 1…1 0…0, "
+                             "padding unlabelled); use per_sample='loop'")
+        return None
+    try:
+        return _analytic_scores_vmap(model, batch, sigma, normalization, p_floor, chunk_size)
+    except (RuntimeError, NotImplementedError) as error:
+        if strict:
+            raise
+        warnings.warn(f"MRD: per-sample gradients by torch.func.vmap failed for {type(model).__name__} "
+                      f"({str(error).splitlines()[0][:200]}); using one backward per sample instead "
+                      "(per_sample='loop' skips this attempt)", stacklevel=4)
+        raise _VmapFailed from error
 
 
 def _trim_trailing_padding(sample: dict[str, Any]) -> dict[str, Any]:
@@ -558,7 +587,8 @@ def mrd_scores(
         per_sample: how the analytic estimator gets per-sample gradients: ``"loop"`` (one backward per
             sample), ``"vmap"`` (``torch.func``, chunks of samples per backward; default logprob_fn,
             right-padded batches, no DeepSpeed) or ``"auto"`` (vmap on CUDA where possible, else loop; on
-            a CPU the loop is faster). Both give the same scores up to float32 rounding.
+            a CPU the loop is faster; a model that torch.func cannot trace warns once and is looped).
+            Both give the same scores up to float32 rounding.
 
     Returns:
         float32 tensor on CPU; smaller = harder to unlearn.
@@ -576,7 +606,7 @@ def mrd_scores(
         problem = _vmap_problem(scored_model, params, logprob_fn)
         if problem and per_sample == "vmap":
             raise ValueError(f"MRD: per_sample='vmap' does not support {problem}; use per_sample='loop'")
-        use_vmap = problem is None and (per_sample == "vmap" or device.type == "cuda")
+        use_vmap = problem is None and (per_sample == "vmap" or _vmap_pays_off(device))
     chunk_size = _vmap_chunk_size(params, device) if use_vmap else 1
     use_vmap = use_vmap and (per_sample == "vmap" or chunk_size > 1)  # "auto": one sample per chunk gains nothing
     size = len(dataloader.dataset)
@@ -597,13 +627,14 @@ def mrd_scores(
                 with torch.enable_grad():
                     for batch in bar:
                         batch = _check_batch(_to_device(batch, device))
-                        if use_vmap and not _right_padded(batch) and per_sample == "vmap":
-                            raise ValueError("MRD: per_sample='vmap' needs right-padded batches (attention mask "
-                                             "1…1 0…0, padding unlabelled); use per_sample='loop'")
-                        if use_vmap and _right_padded(batch):
-                            scores = _analytic_scores_vmap(scored_model, batch, sigma, normalization, p_floor,
-                                                           chunk_size)
-                        else:
+                        scores = None
+                        if use_vmap:
+                            try:
+                                scores = _vmapped_or_none(scored_model, batch, sigma, normalization, p_floor,
+                                                          chunk_size, strict=per_sample == "vmap")
+                            except _VmapFailed:
+                                use_vmap = False  # "auto": the loop from here on
+                        if scores is None:
                             scores = _analytic_scores(scored_model, batch, params, logprob_fn, sigma,
                                                       normalization, p_floor)
                         all_indices.append(batch["index"].cpu()), all_scores.append(scores)
