@@ -4,36 +4,28 @@ Skipped where CUDA is absent (CI has no GPU); run on a GPU machine with ``pytest
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from lit_unlearn.analysis.mrd import mrd_scores, perturbation
-from lit_unlearn.functional import tokens
 from test_mrd import loader, make_dataset, small_llama
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
 
 
-def naive_algorithm1_cuda(model: torch.nn.Module, row: dict, sigma: float, num_samples: int) -> float:
-    """Algorithm 1 for one sample, literally, with the CUDA-drawn δ_k that ``mrd_scores`` uses on a GPU."""
-    length = int(row["attention_mask"].sum())
-    ids, labels = row["input_ids"][None, :length].to(CUDA), row["labels"][None, :length].to(CUDA)
-    with torch.no_grad():
-        logp, mask = tokens.precise_token_logprobs(model(input_ids=ids).logits, labels)
-        total = 0.0
-        for k in range(num_samples):
-            saved = {name: p.detach().clone() for name, p in model.named_parameters()}
-            for name, p in model.named_parameters():
-                p.add_(perturbation(name, p.shape, k, sigma=sigma, device=CUDA))
-            logp_k, _ = tokens.precise_token_logprobs(model(input_ids=ids).logits, labels)
-            for name, p in model.named_parameters():
-                p.copy_(saved[name])
-            total += abs(float(((logp - logp_k) / logp.clamp_max(-1e-6))[mask].sum()))
-    return total / num_samples
+def load_benchmark(name: str) -> types.ModuleType:
+    """A script of benchmarks/ as a module (its naive Algorithm 1 is the reference here)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
@@ -51,7 +43,8 @@ def test_cuda_scores_match_literal_algorithm1_even_with_tf32_on(tf32_switched_on
     ours = mrd_scores(model, loader(rows, 3), sigma=1e-5, num_samples=8, progress=False)
     assert torch.backends.cuda.matmul.allow_tf32  # the user's setting is back
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference runs in true fp32
-    naive = torch.tensor([naive_algorithm1_cuda(model, r, 1e-5, 8) for r in rows])
+    # Algorithm 1 literally, per sample and perturbation, with the same CUDA-drawn δ_k
+    naive = load_benchmark("mrd_speed").naive_algorithm1(model, rows, sigma=1e-5, num_samples=8)
     torch.testing.assert_close(ours, naive, rtol=2e-3, atol=0)
 
 

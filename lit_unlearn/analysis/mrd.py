@@ -383,6 +383,14 @@ def _monte_carlo_deltas(model: nn.Module, batch: Mapping[str, Any], perturb: Par
     return torch.stack(deltas)  # (K, B)
 
 
+def _first_order_objective(logp: Tensor, mask: Tensor, normalization: str, p_floor: float) -> Tensor:
+    """Σ_t P_t / sg(P_t) (token) or ΣP / sg(ΣP) (sequence) of one sample: its gradient g gives Δ_k ≈ −g·δ_k."""
+    if normalization == "token":
+        return (logp / _floored(logp.detach(), p_floor) * mask).sum()
+    total = (logp * mask).sum()
+    return total / _floored(total.detach(), p_floor)
+
+
 def _analytic_scores(model: nn.Module, batch: Mapping[str, Any], params: list[nn.Parameter],
                      logprob_fn: LogprobFn, sigma: float, normalization: str, p_floor: float) -> Tensor:
     """√(2/π)·σ·‖∇_θ Σ_t P_t / sg(P_t)‖ per sample (one forward + backward each): ``(B,)`` float64."""
@@ -392,11 +400,7 @@ def _analytic_scores(model: nn.Module, batch: Mapping[str, Any], params: list[nn
         sample = {k: v[b:b + 1] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in batch.items()}
         sample = _trim_trailing_padding(sample)
         logp, mask = logprob_fn(model, sample)  # (1, T-1)
-        if normalization == "token":
-            objective = (logp / _floored(logp.detach(), p_floor) * mask).sum()
-        else:
-            total = (logp * mask).sum()
-            objective = total / _floored(total.detach(), p_floor)
+        objective = _first_order_objective(logp, mask, normalization, p_floor)
         grads = torch.autograd.grad(objective, params, allow_unused=True)
         sq_norm = sum(g.pow(2).sum(dtype=torch.float64) for g in grads if g is not None)
         scores.append(math.sqrt(2.0 / math.pi) * sigma * torch.as_tensor(sq_norm, dtype=torch.float64).sqrt())
@@ -452,10 +456,7 @@ def _analytic_scores_vmap(model: nn.Module, batch: Mapping[str, Any], sigma: flo
     def objective(params: dict[str, Tensor], ids_b: Tensor, labels_b: Tensor) -> Tensor:
         logits = functional_call(model, params, (), {"input_ids": ids_b[None], "use_cache": False}).logits
         logp, mask = tokens.precise_token_logprobs(logits, labels_b[None], dense=True)  # (1, T-1)
-        if normalization == "token":
-            return (logp / _floored(logp.detach(), p_floor) * mask).sum()
-        total = (logp * mask).sum()
-        return total / _floored(total.detach(), p_floor)
+        return _first_order_objective(logp, mask, normalization, p_floor)
 
     def squared_grad_norm(params: dict[str, Tensor], ids_b: Tensor, labels_b: Tensor) -> Tensor:
         grads = grad(objective)(params, ids_b, labels_b)
