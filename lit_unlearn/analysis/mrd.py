@@ -448,9 +448,8 @@ def _analytic_scores_vmap(model: nn.Module, batch: Mapping[str, Any], sigma: flo
     under causal attention trailing padding cannot affect earlier positions)."""
     from torch.func import functional_call, grad, vmap
 
-    attention = batch.get("attention_mask")
-    width = int(attention.sum(dim=1).max()) if attention is not None else batch["input_ids"].shape[1]
-    ids, labels = batch["input_ids"][:, :width], batch["labels"][:, :width]
+    batch = _trim_trailing_padding(dict(batch))
+    ids, labels = batch["input_ids"], batch["labels"]
     weights = {name: p.detach() for name, p in model.named_parameters()}  # a tied Parameter appears once
 
     def objective(params: dict[str, Tensor], ids_b: Tensor, labels_b: Tensor) -> Tensor:
@@ -492,15 +491,16 @@ def _vmapped_or_none(model: nn.Module, batch: Mapping[str, Any], sigma: float, n
         raise _VmapFailed from error
 
 
-def _trim_trailing_padding(sample: dict[str, Any]) -> dict[str, Any]:
-    """One right-padded sample ``(1, T)`` cut after its last attended position (padding costs compute)."""
-    attention = sample.get("attention_mask")
-    if not isinstance(attention, Tensor) or attention.dim() != 2 or not bool(attention[0, -1] == 0):
-        return sample
-    length = int(torch.nonzero(attention[0]).max()) + 1 if bool(attention.any()) else attention.shape[1]
+def _trim_trailing_padding(batch: dict[str, Any]) -> dict[str, Any]:
+    """A right-padded batch ``(B, T)`` cut after the last position any row attends (padding costs compute)."""
+    attention = batch.get("attention_mask")
+    if not isinstance(attention, Tensor) or attention.dim() != 2 or bool(attention[:, -1].any()):
+        return batch
+    attended = attention.any(dim=0)  # (T,)
+    length = int(torch.nonzero(attended).max()) + 1 if bool(attended.any()) else attention.shape[1]
     width = attention.shape[1]
     return {k: v[:, :length] if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[1] == width else v
-            for k, v in sample.items()}
+            for k, v in batch.items()}
 
 
 # --------------------------------------------------------------------------------------------------

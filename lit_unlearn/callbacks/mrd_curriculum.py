@@ -223,7 +223,7 @@ class MRDCurriculum(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.log_histogram and not self.png_every_scoring and self._out_dir and trainer.is_global_zero:
-            self.write(self._out_dir, plot_last=True)
+            self.plot_last(self._out_dir)  # the history JSON is already current
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.every_n_steps is None or self.scores is None:
@@ -314,7 +314,12 @@ class MRDCurriculum(Callback):
                   "eps": self.eps, "sigma": self.sigma, "num_samples": self.num_samples,
                   "estimator": self.estimator, "seed": self.seed, "normalization": self.normalization}
         atomic_write_json(os.path.join(out_dir, "mrd_history.json"), {"config": config, "history": self.history})
-        if plot_last and self.history:
+        if plot_last:
+            self.plot_last(out_dir)
+
+    def plot_last(self, out_dir: str) -> None:
+        """The PNG of the latest recomputation, ``mrd_epoch{E}_step{S}.png`` in ``out_dir`` (none before one)."""
+        if self.history:
             entry = self.history[-1]
             name = f"mrd_epoch{entry['epoch']:04d}_step{entry['step']:07d}.png"
             plot_histogram(os.path.join(out_dir, name), entry, self.estimator, self.power)
