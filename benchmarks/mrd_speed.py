@@ -9,7 +9,8 @@ Prints:
  (1) our batched scorer (lit_unlearn.analysis.mrd.mrd_scores) vs a faithful naive Algorithm 1 (per
      sample, per perturbation: weights copied, δ_k added, forward, weights restored) at the same K
      and samples, with the same δ_k: speedup and Spearman between the two estimates;
- (2) rank stability of mean_abs (and abs_mean with antithetic pairs) between K=32 and K=512;
+ (2) rank stability of mean_abs (and abs_mean with antithetic pairs) between K=32 and K=512, and of mean_abs
+     with the first-order control variate (control_variate=True) at K=32 against plain K=512;
  (3) the analytic estimator vs Monte-Carlo Algorithm 1 at K=200: speedup and Spearman.
 Bars: (1) ≥ 20× and Spearman ≥ 0.95; (2) Spearman ≥ 0.9; (3) ≥ 100× and Spearman ≥ 0.95.
 """
@@ -146,11 +147,12 @@ def main() -> None:
     print(f"MRD speed: {name}, {n_params / 1e6:.2f}M params, {n} {what}, "
           f"sigma={args.sigma:g}, batch={dataloader.batch_size}, device: {where}")
 
-    def ours(k: int, estimator: str = "mean_abs", seed: int = 0, per_sample: str = "auto") -> torch.Tensor:
+    def ours(k: int, estimator: str = "mean_abs", seed: int = 0, per_sample: str = "auto",
+             control_variate: bool = False) -> torch.Tensor:
         return mrd_scores(model, dataloader, sigma=args.sigma, num_samples=k, estimator=estimator, seed=seed,
-                          per_sample=per_sample, progress=False)
+                          per_sample=per_sample, control_variate=control_variate, progress=False)
 
-    ours(2), ours(1, "analytic")  # warm-up (allocator, kernels, autograd)
+    ours(2), ours(1, "analytic"), ours(2, control_variate=True)  # warm-up (allocator, kernels, autograd)
     naive, t_naive = timed(lambda: naive_algorithm1(model, rows, args.sigma, k_main))
     batched, t_batched = timed(lambda: ours(k_main))
     analytic, t_analytic = timed(lambda: ours(1, "analytic"), repeat=3)  # short: best of 3
@@ -159,15 +161,21 @@ def main() -> None:
           f"{t_naive / t_batched:.1f}x faster; Spearman {spearman(batched, naive):.4f}; "
           f"max rel. diff {((batched - naive).abs() / naive).max():.2e}   [bar: >=20x, >=0.95]")
 
-    small, large = ours(k_small), ours(k_large)
+    (small, t_small), (large, t_large) = timed(lambda: ours(k_small)), timed(lambda: ours(k_large))
     print(f"(2) rank stability mean_abs K={k_small} vs K={k_large}: Spearman {spearman(small, large):.4f}"
           "   [bar: >=0.9]")
+    cv_small, t_cv = timed(lambda: ours(k_small, control_variate=True))
+    cv_large = ours(k_large, control_variate=True)
+    print(f"    with the control variate, K={k_small}: vs plain K={k_large} Spearman {spearman(cv_small, large):.4f}"
+          f" (vs control variate K={k_large}: {spearman(cv_small, cv_large):.4f}); mean ratio to plain K={k_large} "
+          f"{(cv_small / large).mean():.3f}; {t_cv:.2f}s = {t_cv / t_small:.1f}x plain K={k_small} "
+          f"({t_small:.2f}s), {t_large / t_cv:.1f}x faster than plain K={k_large} ({t_large:.2f}s)   [bar: >=0.9]")
     small, large = ours(k_small, "abs_mean"), ours(k_large, "abs_mean")
     print(f"    abs_mean (antithetic) K={k_small} vs K={k_large}: Spearman {spearman(small, large):.4f}"
           f" (values ~{large.mean():.1e}: ½σ²tr(H)/P)")
 
     spread = (analytic.std() / analytic.mean()).item()
-    print(f"    (score spread across samples: CV {spread:.1%}; Monte-Carlo noise of mean_abs at K: "
+    print(f"    (score spread across samples: std/mean {spread:.1%}; Monte-Carlo noise of mean_abs at K: "
           f"0.755/sqrt(K) = {0.755 / k_small ** 0.5:.1%} at K={k_small}, {0.755 / k_main ** 0.5:.1%} at K={k_main})")
 
     mc_again = ours(k_main, seed=args.repeats)  # Algorithm 1 with fresh δ_k: the Monte-Carlo noise ceiling for (3)
@@ -190,17 +198,20 @@ def repeated(ours, analytic: torch.Tensor, k_small: int, k_large: int, k_main: i
         return f"mean {sum(values) / len(values):.3f} [min {min(values):.3f}, max {max(values):.3f}]"
 
     smalls = [k_small, 2 * k_small, 4 * k_small]  # how much K stable ranks need
-    stability, vs_analytic, ceiling = {k: [] for k in smalls}, [], []
+    stability, vs_analytic, ceiling, controlled = {k: [] for k in smalls}, [], [], []
     for seed in range(repeats):
         large = ours(k_large, seed=seed)
         for k in smalls:
             stability[k].append(spearman(ours(k, seed=seed), large))
+        controlled.append(spearman(ours(k_small, seed=seed, control_variate=True), large))
         mc = ours(k_main, seed=seed)
         vs_analytic.append(spearman(analytic, mc))
         ceiling.append(spearman(mc, ours(k_main, seed=seed + repeats)))
     for k in smalls:
         print(f"(2') over {repeats} seeds: rank stability mean_abs K={k} vs K={k_large}: {summary(stability[k])}"
               + ("   [bar: >=0.9]" if k == k_small else ""))
+    print(f"(2') over {repeats} seeds: control variate K={k_small} vs plain K={k_large}: {summary(controlled)}"
+          "   [bar: >=0.9]")
     print(f"(3') over {repeats} seeds: analytic vs Algorithm 1 at K={k_main}: {summary(vs_analytic)}; "
           f"ceiling (Algorithm 1 vs Algorithm 1, new δ_k): {summary(ceiling)}")
 

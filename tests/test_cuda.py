@@ -83,15 +83,17 @@ def test_analytic_scores_agree_between_cpu_and_cuda():
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=0)
 
 
-def test_analytic_on_cuda_takes_the_vmap_path_and_matches_the_loop(monkeypatch):
+@pytest.mark.parametrize("kw", [dict(estimator="analytic"), dict(control_variate=True, num_samples=4)],
+                         ids=["analytic", "control_variate"])
+def test_per_sample_gradients_on_cuda_take_the_vmap_path_and_match_the_loop(kw, monkeypatch):
     import lit_unlearn.analysis.mrd as mrd
 
     model, rows = small_llama(seed=8).to(CUDA), make_dataset(9, seed=8)
-    loop = mrd_scores(model, loader(rows, 5), estimator="analytic", per_sample="loop", progress=False)
+    loop = mrd_scores(model, loader(rows, 5), per_sample="loop", progress=False, **kw)
     calls = []
-    original = mrd._analytic_scores_vmap
-    monkeypatch.setattr(mrd, "_analytic_scores_vmap", lambda *a, **k: calls.append(1) or original(*a, **k))
-    auto = mrd_scores(model, loader(rows, 5), estimator="analytic", progress=False)
+    original = mrd._vmap_gradient_chunks
+    monkeypatch.setattr(mrd, "_vmap_gradient_chunks", lambda *a, **k: calls.append(1) or original(*a, **k))
+    auto = mrd_scores(model, loader(rows, 5), progress=False, **kw)
     assert len(calls) == 2  # both batches
     torch.testing.assert_close(auto, loop, rtol=1e-4, atol=0)
 

@@ -61,6 +61,13 @@ def loader(rows: list[dict], batch_size: int, **kw) -> torch.utils.data.DataLoad
 def naive_algorithm1(model: nn.Module, row: dict, sigma: float, num_samples: int, seed: int = 0,
                      antithetic: bool = False, normalization: str = "token", p_floor: float = 1e-6) -> float:
     """MRD paper Algorithm 1, literally: one sample, K perturbations, weights copied, δ_k added, restored."""
+    deltas = naive_deltas(model, row, sigma, num_samples, seed, antithetic, normalization, p_floor)
+    return sum(abs(d) for d in deltas) / num_samples
+
+
+def naive_deltas(model: nn.Module, row: dict, sigma: float, num_samples: int, seed: int = 0,
+                 antithetic: bool = False, normalization: str = "token", p_floor: float = 1e-6) -> list[float]:
+    """Δ_1 … Δ_K of one sample, computed literally (Algorithm 1 lines 3-12)."""
     length = int(row["attention_mask"].sum())
     ids, labels = row["input_ids"][None, :length], row["labels"][None, :length]
 
@@ -72,7 +79,7 @@ def naive_algorithm1(model: nn.Module, row: dict, sigma: float, num_samples: int
     model.eval()
     with torch.no_grad():
         p_theta = token_logps()
-        mrd_sum = 0.0
+        deltas = []
         for k in range(num_samples):
             saved = {name: p.detach().clone() for name, p in model.named_parameters()}
             for name, p in model.named_parameters():
@@ -84,8 +91,32 @@ def naive_algorithm1(model: nn.Module, row: dict, sigma: float, num_samples: int
                 delta = sum((a - b) / -max(abs(a), p_floor) for a, b in zip(p_theta, p_pert))
             else:
                 delta = (sum(p_theta) - sum(p_pert)) / -max(abs(sum(p_theta)), p_floor)
-            mrd_sum += abs(delta)
-    return mrd_sum / num_samples
+            deltas.append(delta)
+    return deltas
+
+
+def literal_gradient(model: nn.Module, row: dict, normalization: str = "token",
+                     p_floor: float = 1e-6) -> dict[str, torch.Tensor]:
+    """g = ∇_θ Σ_t P_t(θ)/P_t(θ₀) at θ₀ (denominators held fixed), by torch.func.grad of a float64 log-softmax."""
+    from torch.func import functional_call, grad
+
+    length = int(row["attention_mask"].sum())
+    ids, labels = row["input_ids"][None, :length], row["labels"][0:length]
+    labelled = [t for t in range(1, length) if labels[t] != -100]
+    weights = {name: p.detach() for name, p in model.named_parameters()}
+
+    def token_logps(params: dict) -> torch.Tensor:
+        logps = torch.log_softmax(functional_call(model, params, (ids,)).logits[0].double(), dim=-1)  # (T, V)
+        return torch.stack([logps[t - 1, labels[t]] for t in labelled])
+
+    p0 = token_logps(weights).detach()
+
+    def objective(params: dict) -> torch.Tensor:
+        if normalization == "token":
+            return (token_logps(params) / -p0.abs().clamp_min(p_floor)).sum()
+        return token_logps(params).sum() / -p0.sum().abs().clamp_min(p_floor)
+
+    return grad(objective)(weights)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,6 +167,61 @@ def test_matches_literal_algorithm1(tied, normalization):
     naive = torch.tensor([naive_algorithm1(model, r, sigma, k, seed=3, normalization=normalization) for r in rows])
     assert ours.shape == (5,) and ours.dtype == torch.float32
     torch.testing.assert_close(ours, naive.float(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_control_variate_matches_literal_computation(tied, normalization):
+    # (1/K) Σ_k (|Δ_k| − |g·δ_k|) + √(2/π)·σ·‖g‖ with Δ_k from the literal loop and g from torch.func.grad.
+    # σ = 1e-3: the part of Δ_k beyond first order is a few percent, so the control-variate estimate differs
+    # from plain Algorithm 1 and from the analytic score by far more than the tolerance.
+    model = small_llama(seed=8, tied=tied, dtype=torch.float64)
+    rows = make_dataset(5, seed=8)
+    sigma, k = 1e-3, 6
+    ours = mrd_scores(model, loader(rows, 3), sigma=sigma, num_samples=k, seed=2, normalization=normalization,
+                      control_variate=True, progress=False)
+    names = [name for name, _ in model.named_parameters()]
+    expected = []
+    for row in rows:
+        deltas = naive_deltas(model, row, sigma, k, seed=2, normalization=normalization)
+        g = literal_gradient(model, row, normalization)
+        dots = [sum(float((g[n].double() * perturbation(n, g[n].shape, j, sigma=sigma, seed=2).double()).sum())
+                    for n in names) for j in range(k)]  # g·δ_j
+        norm = math.sqrt(sum(float(g[n].double().pow(2).sum()) for n in names))
+        expected.append(sum(abs(d) - abs(x) for d, x in zip(deltas, dots)) / k + math.sqrt(2 / math.pi) * sigma * norm)
+        assert max(abs(d + x) for d, x in zip(deltas, dots)) < 0.2 * max(abs(d) for d in deltas)  # Δ_k ≈ −g·δ_k
+    expected = torch.tensor(expected)
+    torch.testing.assert_close(ours, expected.float(), rtol=1e-5, atol=0)
+    plain = mrd_scores(model, loader(rows, 3), sigma=sigma, num_samples=k, seed=2, normalization=normalization,
+                       progress=False)
+    analytic = mrd_scores(model, loader(rows, 3), sigma=sigma, estimator="analytic", normalization=normalization,
+                          progress=False)
+    assert ((plain - ours).abs() / ours).max() > 1e-3 and ((analytic - ours).abs() / ours).max() > 1e-3
+
+
+def test_control_variate_removes_most_monte_carlo_noise_and_no_mean():
+    # σ = 1e-5: Δ_k is nearly linear in δ_k, so the control variate leaves almost no noise. Two seeds at K=8
+    # agree closely with it, not without it; and it estimates the same mean as plain Algorithm 1 at K=400.
+    model, rows = small_llama(seed=9), make_dataset(8, max_len=20, seed=9)
+
+    def scores(k: int, seed: int, control_variate: bool) -> torch.Tensor:
+        return mrd_scores(model, loader(rows, 8), num_samples=k, seed=seed, control_variate=control_variate,
+                          progress=False)
+
+    def spread(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(((a - b).abs() / b).max())
+
+    assert spread(scores(8, 0, True), scores(8, 1, True)) < 0.02
+    assert spread(scores(8, 0, False), scores(8, 1, False)) > 0.1
+    ratio = scores(8, 0, True) / scores(400, 0, False)  # plain K=400: ~4% noise per sample, ~1.3% on the mean
+    assert abs(ratio.mean().item() - 1) < 0.03, ratio
+
+
+def test_control_variate_warns_when_sigma_is_too_large_for_it():
+    # σ = 0.1 on a random tiny model: Δ_k is far from −g·δ_k, and one sample's estimate comes out negative
+    model, rows = small_llama(seed=1), make_dataset(6, seed=1)
+    with pytest.warns(UserWarning, match=r"negative for samples \[4\]"):
+        mrd_scores(model, loader(rows, 6), sigma=0.1, num_samples=4, control_variate=True, progress=False)
 
 
 def test_float32_scores_of_a_confident_model_match_float64(finetuned_tiny):
@@ -194,13 +280,14 @@ def _assert_unchanged(model: nn.Module, snap) -> None:
         assert torch.equal(p.data, before) and p.data_ptr() == ptr and p.dtype == before.dtype
 
 
-@pytest.mark.parametrize("estimator", ["mean_abs", "abs_mean", "analytic"])
+@pytest.mark.parametrize("estimator", ["mean_abs", "abs_mean", "analytic", "control_variate"])
 def test_weights_bit_exact_after_scoring(estimator):
     model = small_llama(seed=3, tied=True)
     flags = [p.requires_grad for p in model.parameters()]
     model.model.norm.weight.requires_grad_(False)
     snap = _snapshot(model)
-    mrd_scores(model, loader(make_dataset(4), 2), num_samples=4, estimator=estimator, progress=False)
+    kw = dict(control_variate=True) if estimator == "control_variate" else dict(estimator=estimator)
+    mrd_scores(model, loader(make_dataset(4), 2), num_samples=4, progress=False, **kw)
     _assert_unchanged(model, snap)
     assert all(p.grad is None for p in model.parameters())
     assert not model.model.norm.weight.requires_grad and flags[0] == model.model.embed_tokens.weight.requires_grad
@@ -291,20 +378,26 @@ def test_analytic_agrees_with_monte_carlo_at_large_k():
     assert spearmanr(analytic.numpy(), mc.numpy()).statistic > 0.7
 
 
+GRADIENT_RUNS = {"analytic": dict(estimator="analytic"),
+                 "control_variate": dict(control_variate=True, num_samples=3, sigma=1e-3)}
+
+
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
-def test_analytic_per_sample_gradients_by_vmap_equal_the_loop(tied, normalization, monkeypatch):
-    # float64: the two ways of getting per-sample gradients must agree to rounding, padding included
+@pytest.mark.parametrize("run", list(GRADIENT_RUNS))
+def test_per_sample_gradients_by_vmap_equal_the_loop(tied, normalization, run, monkeypatch):
+    # float64: the two ways of getting per-sample gradients must agree to rounding, padding and chunks included
     import lit_unlearn.analysis.mrd as mrd
 
     model = small_llama(seed=6, tied=tied, dtype=torch.float64)
     rows = make_dataset(7, max_len=18, seed=6)  # right-padded, lengths 8..18
-    kw = dict(estimator="analytic", normalization=normalization, progress=False)
+    kw = dict(normalization=normalization, progress=False, **GRADIENT_RUNS[run])
     loop = mrd_scores(model, loader(rows, 4), per_sample="loop", **kw)
     vmapped = mrd_scores(model, loader(rows, 4), per_sample="vmap", **kw)
     torch.testing.assert_close(vmapped, loop, rtol=1e-6, atol=0)
-    monkeypatch.setattr(mrd, "_vmap_chunk_size", lambda params, device: 3)  # chunks of 3 within batches of 4
+    monkeypatch.setattr(mrd, "_samples_per_chunk", lambda params, device: 3)  # chunks of 3 within batches of 4
     torch.testing.assert_close(mrd_scores(model, loader(rows, 4), per_sample="vmap", **kw), loop, rtol=1e-6, atol=0)
+    torch.testing.assert_close(mrd_scores(model, loader(rows, 4), per_sample="loop", **kw), loop, rtol=1e-6, atol=0)
 
 
 def test_analytic_per_sample_modes_choose_and_refuse(monkeypatch):
@@ -325,7 +418,7 @@ def test_analytic_per_sample_modes_choose_and_refuse(monkeypatch):
     def no_vmap(*args, **kwargs):
         raise AssertionError("vmap path taken")
 
-    monkeypatch.setattr(mrd, "_analytic_scores_vmap", no_vmap)
+    monkeypatch.setattr(mrd, "_vmap_gradient_chunks", no_vmap)
     # "auto" on a CPU, a custom logprob_fn, or a left-padded batch: the loop
     mrd_scores(model, loader(rows, 2), estimator="analytic", progress=False)
     mrd_scores(model, loader(left, 2), estimator="analytic", progress=False)
@@ -340,14 +433,15 @@ class BranchingLlama(LlamaForCausalLM):
         return super().forward(input_ids=input_ids, **kwargs)
 
 
-def test_analytic_auto_falls_back_to_the_loop_when_vmap_cannot_trace_the_model(monkeypatch):
+@pytest.mark.parametrize("run", list(GRADIENT_RUNS))
+def test_auto_falls_back_to_the_loop_when_vmap_cannot_trace_the_model(run, monkeypatch):
     import lit_unlearn.analysis.mrd as mrd
 
     model = small_llama(seed=9)
     branching = BranchingLlama(model.config)
     branching.load_state_dict(model.state_dict())
     rows = make_dataset(6, seed=9)
-    kw = dict(estimator="analytic", progress=False)
+    kw = dict(progress=False, **GRADIENT_RUNS[run])
     loop = mrd_scores(model, loader(rows, 3), per_sample="loop", **kw)
     with pytest.raises(RuntimeError, match="vmap"):
         mrd_scores(branching, loader(rows, 3), per_sample="vmap", **kw)
@@ -441,9 +535,15 @@ def test_bad_input_raises():
         (dict(p_floor=-1.0), "p_floor"),
         (dict(num_samples=0), "num_samples"),
         (dict(estimator="abs_mean", num_samples=3), "even"),
+        (dict(estimator="abs_mean", num_samples=2, control_variate=True), "control_variate"),
+        (dict(estimator="analytic", control_variate=True), "control_variate"),
     ]:
         with pytest.raises(ValueError, match=message):
             mrd_scores(model, dl, progress=False, **kwargs)
+    model.lm_head.weight.ds_id = 0  # looks ZeRO-3 partitioned
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        mrd_scores(model, dl, num_samples=2, control_variate=True, progress=False)
+    del model.lm_head.weight.ds_id
     with pytest.raises(ValueError, match="covered 2 of 4"):
         mrd_scores(model, loader(rows, 2, sampler=[0, 1]), num_samples=2, progress=False)
     no_index = [{k: v for k, v in r.items() if k != "index"} for r in rows]
@@ -460,6 +560,10 @@ def test_bad_input_raises():
 # ----------------------------------------------------------------------------------------------
 
 
+ESTIMATOR_RUNS = {"mean_abs": dict(estimator="mean_abs"), "analytic": dict(estimator="analytic"),
+                  "control_variate": dict(estimator="mean_abs", control_variate=True)}
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -470,9 +574,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         rows = make_dataset(7, seed=6)  # odd: the sampler pads one shard with a repeated sample
         sampler = torch.utils.data.DistributedSampler(rows, num_replicas=world, rank=rank, shuffle=True, seed=1)
         model = small_llama(seed=6, dtype=torch.float64)
-        for estimator in ("mean_abs", "analytic"):
-            scores = mrd_scores(model, loader(rows, 2, sampler=sampler), num_samples=6, estimator=estimator,
-                                progress=False)
+        for estimator in ESTIMATOR_RUNS:
+            scores = mrd_scores(model, loader(rows, 2, sampler=sampler), num_samples=6, progress=False,
+                                **ESTIMATOR_RUNS[estimator])
             torch.save(scores, os.path.join(out_dir, f"{estimator}_{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -483,8 +587,8 @@ def test_two_process_gloo_matches_one_process(tmp_path):
 
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     model, rows = small_llama(seed=6, dtype=torch.float64), make_dataset(7, seed=6)
-    for estimator in ("mean_abs", "analytic"):
-        single = mrd_scores(model, loader(rows, 3), num_samples=6, estimator=estimator, progress=False)
+    for estimator in ESTIMATOR_RUNS:
+        single = mrd_scores(model, loader(rows, 3), num_samples=6, progress=False, **ESTIMATOR_RUNS[estimator])
         rank0, rank1 = (torch.load(tmp_path / f"{estimator}_{r}.pt") for r in range(2))
         assert torch.equal(rank0, rank1)
         torch.testing.assert_close(rank0, single, rtol=1e-5, atol=0)

@@ -74,6 +74,8 @@ def test_constructor_validation():
         MRDCurriculum(estimator="nope")
     with pytest.raises(ValueError, match="eps"):
         MRDCurriculum(eps=-1.0)
+    with pytest.raises(ValueError, match="control_variate"):
+        MRDCurriculum(estimator="analytic", control_variate=True)
 
 
 def test_state_dict_round_trip(tmp_path):
@@ -173,9 +175,14 @@ def test_weights_equal_direct_mrd_and_epoch_schedule(tmp_path, monkeypatch, fine
 def test_step_schedule_hard_first(tmp_path, finetuned_tiny, builtin_tokenizer_path, recording_ga):
     module, data = make_run(finetuned_tiny, builtin_tokenizer_path, recording_ga)
     cb = MRDCurriculum(every_n_steps=3, num_samples=K, power=-1.0, output_dir=str(tmp_path / "plots"),
-                       log_histogram=False)
+                       log_histogram=False, control_variate=True)
     trainer = make_trainer(tmp_path, [cb], max_epochs=2)
     trainer.fit(module, datamodule=data)
+    from lit_unlearn.models.loading import load_causal_lm
+
+    direct = mrd_scores(load_causal_lm(finetuned_tiny).float(), data.forget_scoring_dataloader(BATCH), num_samples=K, control_variate=True,
+                        progress=False)  # the first scoring, before any update
+    torch.testing.assert_close(torch.tensor(cb.history[0]["scores"]), direct, rtol=1e-6, atol=0)
     assert [(h["epoch"], h["step"]) for h in cb.history] == [(0, 0), (0, 3), (1, 6), (1, 9)]
     for entry in cb.history:
         torch.testing.assert_close(torch.tensor(entry["probabilities"], dtype=torch.float64),

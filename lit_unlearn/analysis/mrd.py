@@ -35,6 +35,18 @@ Three estimators:
     and it agrees with Algorithm 1 (Spearman 0.95 on average over 10 draws of δ_k, range 0.92-0.98)
     better than a second Algorithm 1 run with fresh δ_k does (0.91); see benchmarks/mrd_speed.py.
 
+``control_variate=True`` (with ``"mean_abs"``): Algorithm 1 with the analytic score as a control variate,
+    (1/K) Σ_k (|Δ_k| − |g·δ_k|) + √(2/π)·σ·‖g‖. Since g·δ ~ N(0, σ²‖g‖²), the added term is the exact mean of
+    the subtracted one, so the expectation is Algorithm 1's at any σ, second-order terms included, while the
+    noise is only that of |Δ_k| − |g·δ_k| (bounded by |Δ_k + g·δ_k|, the part of Δ_k beyond first order).
+    Plain Algorithm 1's noise is ~0.755/√K per sample (|N(0,1)| has std/mean 0.755): with 24 builtin samples
+    whose scores spread by ~40%, K=32 ranks them like K=512 only to Spearman 0.88 on average over 10 draws
+    of δ_k. With the control variate, K=32 agrees with plain K=512 to 0.98 on average (0.95 at worst). The
+    gain is a small-σ effect: at σ = 1e-3 or 1e-2 (where Δ is far from linear in δ) it ranks no better than
+    plain Algorithm 1, but its mean stays Algorithm 1's (ratio 0.995 and 0.987 to plain K=512) where the
+    analytic score's does not (0.961 and 0.217 to K=200). A negative estimate warns. See benchmarks/mrd_speed.py.
+    Cost: one backward per sample and the δ_k drawn a second time per batch (1.5× plain K=32 on a CPU).
+
 Implementation notes:
 
 * One δ_k per forward pass, shared by the whole batch: K forward passes per batch, not per sample.
@@ -80,7 +92,7 @@ import copy
 import hashlib
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -233,6 +245,11 @@ class ParameterPerturbation:
             self._k = None
             self._restore_all()
 
+    def noise(self, name: str, param: Tensor, k: int) -> Tensor:
+        """δ_k of the parameter ``param`` called ``name`` (float32, on its device)."""
+        return perturbation(name, param.shape, k, sigma=self.sigma, seed=self.seed, antithetic=self.antithetic,
+                            device=param.device)
+
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
         if self._k is None:
             return
@@ -242,8 +259,7 @@ class ParameterPerturbation:
                 entry[2] += 1
                 continue
             original = p.data
-            noise = perturbation(self.names[id(p)], p.shape, self._k, sigma=self.sigma, seed=self.seed,
-                                 antithetic=self.antithetic, device=p.device)
+            noise = self.noise(self.names[id(p)], p, self._k)
             work = torch.promote_types(original.dtype, torch.float32)
             p.data = (original.to(work) + noise.to(work)).to(original.dtype)  # new tensor, original untouched
             self._active[id(p)] = [p, original, 1]
@@ -330,6 +346,23 @@ def _check_precision(model: nn.Module, allow_low_precision: bool, upcast: bool) 
 
 
 @contextmanager
+def _gradients_enabled(params: list[nn.Parameter], enabled: bool = True) -> Iterator[None]:
+    """Grad mode on and every parameter requiring grad, each flag restored afterwards (no-op if not ``enabled``)."""
+    if not enabled:
+        yield
+        return
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+@contextmanager
 def _fp32_numerics(device_type: str) -> Iterator[None]:
     """TF32 / reduced-precision fp32 matmuls off, autocast off; every setting restored afterwards."""
     saved: list[tuple[Any, str, Any]] = []
@@ -391,20 +424,109 @@ def _first_order_objective(logp: Tensor, mask: Tensor, normalization: str, p_flo
     return total / _floored(total.detach(), p_floor)
 
 
-def _analytic_scores(model: nn.Module, batch: Mapping[str, Any], params: list[nn.Parameter],
-                     logprob_fn: LogprobFn, sigma: float, normalization: str, p_floor: float) -> Tensor:
-    """√(2/π)·σ·‖∇_θ Σ_t P_t / sg(P_t)‖ per sample (one forward + backward each): ``(B,)`` float64."""
+def _loop_gradient_chunks(model: nn.Module, batch: Mapping[str, Any], params: list[nn.Parameter],
+                          logprob_fn: LogprobFn, normalization: str, p_floor: float,
+                          chunk_size: int) -> Iterator[list[Tensor]]:
+    """Per-sample gradients g_b = ∇_θ Σ_t P_t / sg(P_t), one forward + backward per sample, stacked
+    ``chunk_size`` samples at a time: one ``(c, numel)`` tensor per parameter (zeros where a sample does not
+    reach a parameter)."""
     batch_size = batch["index"].shape[0]
-    scores = []
-    for b in range(batch_size):
-        sample = {k: v[b:b + 1] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in batch.items()}
-        sample = _trim_trailing_padding(sample)
-        logp, mask = logprob_fn(model, sample)  # (1, T-1)
-        objective = _first_order_objective(logp, mask, normalization, p_floor)
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
-        sq_norm = sum(g.pow(2).sum(dtype=torch.float64) for g in grads if g is not None)
-        scores.append(math.sqrt(2.0 / math.pi) * sigma * torch.as_tensor(sq_norm, dtype=torch.float64).sqrt())
-    return torch.stack(scores).cpu()  # (B,)
+    for start in range(0, batch_size, chunk_size):
+        chunk: list[list[Tensor]] = [[] for _ in params]
+        for b in range(start, min(start + chunk_size, batch_size)):
+            sample = {k: v[b:b + 1] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+            logp, mask = logprob_fn(model, _trim_trailing_padding(sample))  # (1, T-1)
+            objective = _first_order_objective(logp, mask, normalization, p_floor)
+            grads = torch.autograd.grad(objective, params, allow_unused=True)
+            for rows, g, p in zip(chunk, grads, params):
+                rows.append(g.reshape(-1) if g is not None else p.new_zeros(p.numel()))
+        yield [rows[0][None] if len(rows) == 1 else torch.stack(rows) for rows in chunk]  # (c, numel) per parameter
+
+
+def _vmap_gradient_chunks(model: nn.Module, batch: Mapping[str, Any], normalization: str, p_floor: float,
+                          chunk_size: int) -> Iterator[list[Tensor]]:
+    """The same gradients from ``torch.func``: one vmapped forward and backward per chunk of samples instead of
+    one per sample (on a GPU, where a tiny model's forward is launch-bound, ~10-20× faster). Needs a
+    right-padded batch: the attention mask is left out, and under causal attention trailing padding cannot
+    affect earlier positions."""
+    from torch.func import functional_call, grad, vmap
+
+    batch = _trim_trailing_padding(dict(batch))
+    ids, labels = batch["input_ids"], batch["labels"]
+    weights = {name: p.detach() for name, p in model.named_parameters()}  # a tied Parameter appears once
+
+    def objective(params: dict[str, Tensor], ids_b: Tensor, labels_b: Tensor) -> Tensor:
+        logits = functional_call(model, params, (), {"input_ids": ids_b[None], "use_cache": False}).logits
+        logp, mask = tokens.precise_token_logprobs(logits, labels_b[None], dense=True)  # (1, T-1)
+        return _first_order_objective(logp, mask, normalization, p_floor)
+
+    per_sample_grad = vmap(grad(objective), in_dims=(None, 0, 0))
+    for start in range(0, ids.shape[0], chunk_size):
+        with warnings.catch_warnings():  # attention kernels without a batching rule fall back to a loop: expected
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            grads = per_sample_grad(weights, ids[start:start + chunk_size], labels[start:start + chunk_size])
+        yield [g.flatten(1) for g in grads.values()]  # (c, numel) per parameter, in named_parameters order
+
+
+class _PerSampleGradients:
+    """Where per-sample gradients come from, batch by batch: ``torch.func.vmap`` where it was chosen (and, for
+    ``per_sample="auto"``, until it first fails: then a warning and the loop from there on), else the loop."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], logprob_fn: LogprobFn, normalization: str,
+                 p_floor: float, use_vmap: bool, strict: bool, chunk_size: int, loop_chunk_size: int):
+        self.model, self.params, self.logprob_fn = model, params, logprob_fn
+        self.normalization, self.p_floor = normalization, p_floor
+        self.use_vmap, self.strict = use_vmap, strict
+        self.chunk_size, self.loop_chunk_size = chunk_size, loop_chunk_size
+
+    def apply(self, batch: Mapping[str, Any], consume: Callable[[Iterator[list[Tensor]]], Any]) -> Any:
+        """``consume`` the batch's gradient chunks (see :func:`_loop_gradient_chunks`) and return its result."""
+        if self.use_vmap:
+            if _right_padded(batch):
+                try:
+                    return consume(_vmap_gradient_chunks(self.model, batch, self.normalization, self.p_floor,
+                                                         self.chunk_size))
+                except (RuntimeError, NotImplementedError) as error:
+                    if self.strict:
+                        raise
+                    warnings.warn(f"MRD: per-sample gradients by torch.func.vmap failed for "
+                                  f"{type(self.model).__name__} ({str(error).splitlines()[0][:200]}); using one "
+                                  "backward per sample instead (per_sample='loop' skips this attempt)", stacklevel=3)
+                    self.use_vmap = False
+            elif self.strict:
+                raise ValueError("MRD: per_sample='vmap' needs right-padded batches (attention mask 1…1 0…0, "
+                                 "padding unlabelled); use per_sample='loop'")
+        return consume(_loop_gradient_chunks(self.model, batch, self.params, self.logprob_fn, self.normalization,
+                                             self.p_floor, self.loop_chunk_size))
+
+
+def _squared_norms(chunk: list[Tensor]) -> Tensor:
+    """‖g_b‖² of every sample of a chunk: ``(c,)`` float64."""
+    return sum(g.pow(2).sum(dim=1, dtype=torch.float64) for g in chunk)
+
+
+def _analytic_scores(chunks: Iterator[list[Tensor]], sigma: float) -> Tensor:
+    """√(2/π)·σ·‖g_b‖ per sample, g_b = ∇_θ Σ_t P_t / sg(P_t): ``(B,)`` float64."""
+    sq_norms = torch.cat([_squared_norms(chunk) for chunk in chunks])
+    return (math.sqrt(2.0 / math.pi) * sigma * sq_norms.sqrt()).cpu()
+
+
+def _first_order_draws(chunks: Iterator[list[Tensor]], names: list[str], params: list[nn.Parameter],
+                       perturb: ParameterPerturbation, num_samples: int) -> tuple[Tensor, Tensor]:
+    """The control variate of ``mean_abs``: |g_b·δ_k| for every draw and sample, ``(K, B)`` float64, and its
+    exact mean E|g_b·δ| = √(2/π)·σ·‖g_b‖, ``(B,)`` float64 (g_b·δ ~ N(0, σ²‖g_b‖²)).
+
+    δ_k is regenerated from (seed, k, name): the very δ_k of the Monte-Carlo forwards. Each chunk's gradients
+    are held at once (chunk size × one model's worth of memory) and every δ_k is drawn once per chunk.
+    """
+    projections, sq_norms = [], []
+    for chunk in chunks:
+        dots = [sum(g @ perturb.noise(name, p, k).reshape(-1).to(g.dtype) for name, p, g in zip(names, params, chunk))
+                for k in range(num_samples)]  # K × (c,): g_b·δ_k
+        projections.append(torch.stack(dots).to(torch.float64).cpu())  # (K, c)
+        sq_norms.append(_squared_norms(chunk).cpu())
+    expected = math.sqrt(2.0 / math.pi) * perturb.sigma * torch.cat(sq_norms).sqrt()
+    return torch.cat(projections, dim=1).abs(), expected
 
 
 def _vmap_problem(model: nn.Module, params: list[nn.Parameter], logprob_fn: LogprobFn) -> str | None:
@@ -432,63 +554,12 @@ def _vmap_pays_off(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _vmap_chunk_size(params: list[nn.Parameter], device: torch.device) -> int:
-    """Samples per vmapped chunk: each holds a full float32 gradient (and a squared copy) at once, so a chunk
-    may use a quarter of the free GPU memory (1 GiB on CPU)."""
-    per_sample = 8 * sum(p.numel() for p in params)
+def _samples_per_chunk(params: list[nn.Parameter], device: torch.device) -> int:
+    """Samples whose per-sample gradients are held at once (vmap, control variate): each holds a full float32
+    gradient (and a squared copy), and a chunk may use a quarter of the free GPU memory (1 GiB on CPU)."""
+    per_sample = 8 * max(1, sum(getattr(p, "ds_numel", p.numel()) for p in params))  # ZeRO-3: full sizes
     budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 1 << 30
     return max(1, budget // per_sample)
-
-
-def _analytic_scores_vmap(model: nn.Module, batch: Mapping[str, Any], sigma: float, normalization: str,
-                          p_floor: float, chunk_size: int) -> Tensor:
-    """The same scores as :func:`_analytic_scores` with per-sample gradients from ``torch.func``: one vmapped
-    forward and backward per chunk of samples instead of one per sample (on a GPU, where a tiny model's
-    forward is launch-bound, ~10-20× faster). Needs a right-padded batch (the attention mask is left out:
-    under causal attention trailing padding cannot affect earlier positions)."""
-    from torch.func import functional_call, grad, vmap
-
-    batch = _trim_trailing_padding(dict(batch))
-    ids, labels = batch["input_ids"], batch["labels"]
-    weights = {name: p.detach() for name, p in model.named_parameters()}  # a tied Parameter appears once
-
-    def objective(params: dict[str, Tensor], ids_b: Tensor, labels_b: Tensor) -> Tensor:
-        logits = functional_call(model, params, (), {"input_ids": ids_b[None], "use_cache": False}).logits
-        logp, mask = tokens.precise_token_logprobs(logits, labels_b[None], dense=True)  # (1, T-1)
-        return _first_order_objective(logp, mask, normalization, p_floor)
-
-    def squared_grad_norm(params: dict[str, Tensor], ids_b: Tensor, labels_b: Tensor) -> Tensor:
-        grads = grad(objective)(params, ids_b, labels_b)
-        return sum(g.pow(2).sum(dtype=torch.float64) for g in grads.values())
-
-    with warnings.catch_warnings():  # attention kernels without a batching rule fall back to a loop: expected
-        warnings.filterwarnings("ignore", message="There is a performance drop")
-        sq_norms = vmap(squared_grad_norm, in_dims=(None, 0, 0), chunk_size=chunk_size)(weights, ids, labels)
-    return (math.sqrt(2.0 / math.pi) * sigma * sq_norms.sqrt()).cpu()  # (B,) float64
-
-
-class _VmapFailed(Exception):
-    """torch.func could not trace the model (data-dependent control flow, missing batching rule, memory)."""
-
-
-def _vmapped_or_none(model: nn.Module, batch: Mapping[str, Any], sigma: float, normalization: str, p_floor: float,
-                     chunk_size: int, strict: bool) -> Tensor | None:
-    """:func:`_analytic_scores_vmap`, or None for a batch that is not right-padded. ``strict`` (per_sample="vmap")
-    turns both that and a failure of torch.func into errors; otherwise a failure warns and raises _VmapFailed."""
-    if not _right_padded(batch):
-        if strict:
-            raise ValueError("MRD: per_sample='vmap' needs right-padded batches (attention mask 1…1 0…0, "
-                             "padding unlabelled); use per_sample='loop'")
-        return None
-    try:
-        return _analytic_scores_vmap(model, batch, sigma, normalization, p_floor, chunk_size)
-    except (RuntimeError, NotImplementedError) as error:
-        if strict:
-            raise
-        warnings.warn(f"MRD: per-sample gradients by torch.func.vmap failed for {type(model).__name__} "
-                      f"({str(error).splitlines()[0][:200]}); using one backward per sample instead "
-                      "(per_sample='loop' skips this attempt)", stacklevel=4)
-        raise _VmapFailed from error
 
 
 def _trim_trailing_padding(batch: dict[str, Any]) -> dict[str, Any]:
@@ -565,6 +636,7 @@ def mrd_scores(
     progress: bool = True,
     logprob_fn: LogprobFn = causal_lm_logprobs,
     per_sample: str = "auto",
+    control_variate: bool = False,
 ) -> Tensor:
     """MRD score of every sample of ``dataloader.dataset``: ``(len(dataset),)`` float32, by ``index``.
 
@@ -585,11 +657,16 @@ def mrd_scores(
         upcast: score an fp32 deep copy of a bf16/fp16 model (memory: one full fp32 copy).
         progress: show a tqdm bar (rank 0 only).
         logprob_fn: ``(model, batch) -> (logp (B, T'), mask (B, T'))`` per-token log-probabilities.
-        per_sample: how the analytic estimator gets per-sample gradients: ``"loop"`` (one backward per
-            sample), ``"vmap"`` (``torch.func``, chunks of samples per backward; default logprob_fn,
+        per_sample: how per-sample gradients (``"analytic"``, ``control_variate``) are taken: ``"loop"`` (one
+            backward per sample), ``"vmap"`` (``torch.func``, chunks of samples per backward; default logprob_fn,
             right-padded batches, no DeepSpeed) or ``"auto"`` (vmap on CUDA where possible, else loop; on
             a CPU the loop is faster; a model that torch.func cannot trace warns once and is looped).
             Both give the same scores up to float32 rounding.
+        control_variate: ``mean_abs`` only. Subtract from each |Δ_k| its first-order part |g·δ_k| and add back
+            that part's exact mean √(2/π)·σ·‖g‖: (1/K) Σ_k (|Δ_k| − |g·δ_k|) + √(2/π)·σ·‖g‖. The expectation
+            is Algorithm 1's (unbiased at any σ); the Monte-Carlo noise is what the first order leaves, so at
+            small σ K=32 ranks like K=512 (benchmarks/mrd_speed.py). Costs one backward per sample and a second
+            draw of every δ_k per batch. See the module docstring.
 
     Returns:
         float32 tensor on CPU; smaller = harder to unlearn.
@@ -597,19 +674,30 @@ def mrd_scores(
     if antithetic is None:
         antithetic = estimator == "abs_mean"
     _check_args(sigma, num_samples, estimator, antithetic, normalization, p_floor)
+    if control_variate and estimator != "mean_abs":
+        raise ValueError(f"control_variate=True needs estimator='mean_abs', got {estimator!r} (abs_mean's antithetic "
+                         "pairs already cancel the first-order term; analytic has no Monte-Carlo noise)")
     if per_sample not in PER_SAMPLE_MODES:
         raise ValueError(f"per_sample must be one of {PER_SAMPLE_MODES}, got {per_sample!r}")
     scored_model = _check_precision(model, allow_low_precision, upcast)
     params = list(scored_model.parameters())  # deduplicated: a tied Parameter appears once
     device = params[0].device
-    use_vmap = estimator == "analytic" and per_sample != "loop"
+    if control_variate and any(hasattr(p, "ds_id") for p in params):
+        raise ValueError("MRD: control_variate=True is not supported on a DeepSpeed ZeRO-3 partitioned model (it "
+                         "holds per-sample gradients of full parameters); use estimator='analytic', or mean_abs "
+                         "without the control variate")
+    needs_gradients = estimator == "analytic" or control_variate
+    use_vmap = needs_gradients and per_sample != "loop"
     if use_vmap:
         problem = _vmap_problem(scored_model, params, logprob_fn)
         if problem and per_sample == "vmap":
             raise ValueError(f"MRD: per_sample='vmap' does not support {problem}; use per_sample='loop'")
         use_vmap = problem is None and (per_sample == "vmap" or _vmap_pays_off(device))
-    chunk_size = _vmap_chunk_size(params, device) if use_vmap else 1
+    chunk_size = _samples_per_chunk(params, device) if use_vmap or control_variate else 1
     use_vmap = use_vmap and (per_sample == "vmap" or chunk_size > 1)  # "auto": one sample per chunk gains nothing
+    gradients = _PerSampleGradients(scored_model, params, logprob_fn, normalization, p_floor, use_vmap,
+                                    strict=per_sample == "vmap", chunk_size=chunk_size,
+                                    loop_chunk_size=chunk_size if control_variate else 1)
     size = len(dataloader.dataset)
     distributed = dist.is_available() and dist.is_initialized()
 
@@ -618,38 +706,28 @@ def mrd_scores(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     # inference_mode(False): a caller inside Lightning's validation loop must still get gradients (analytic).
     with torch.inference_mode(False), torch.random.fork_rng(devices=rng_devices), eval_mode(scored_model), \
-            _fp32_numerics(device.type):
+            _fp32_numerics(device.type), _gradients_enabled(params, needs_gradients), \
+            (ParameterPerturbation(scored_model, sigma, seed, antithetic) if estimator != "analytic"
+             else nullcontext()) as perturb:
+        names = [name for name, _ in scored_model.named_parameters()]  # δ_k is drawn by these names, in this order
         bar = tqdm(dataloader, desc=f"MRD ({estimator})", disable=not progress or _dist_rank() != 0)
-        if estimator == "analytic":
-            flags = [p.requires_grad for p in params]
-            try:
-                for p in params:
-                    p.requires_grad_(True)
-                with torch.enable_grad():
-                    for batch in bar:
-                        batch = _check_batch(_to_device(batch, device))
-                        scores = None
-                        if use_vmap:
-                            try:
-                                scores = _vmapped_or_none(scored_model, batch, sigma, normalization, p_floor,
-                                                          chunk_size, strict=per_sample == "vmap")
-                            except _VmapFailed:
-                                use_vmap = False  # "auto": the loop from here on
-                        if scores is None:
-                            scores = _analytic_scores(scored_model, batch, params, logprob_fn, sigma,
-                                                      normalization, p_floor)
-                        all_indices.append(batch["index"].cpu()), all_scores.append(scores)
-            finally:
-                for p, flag in zip(params, flags):
-                    p.requires_grad_(flag)
-        else:
-            with torch.no_grad(), ParameterPerturbation(scored_model, sigma, seed, antithetic) as perturb:
-                for batch in bar:
-                    batch = _check_batch(_to_device(batch, device))
+        for batch in bar:
+            batch = _check_batch(_to_device(batch, device))
+            if estimator == "analytic":
+                scores = gradients.apply(batch, lambda chunks: _analytic_scores(chunks, sigma))
+            else:
+                with torch.no_grad():
                     deltas = _monte_carlo_deltas(scored_model, batch, perturb, logprob_fn, num_samples,
                                                  normalization, p_floor).cpu()  # (K, B)
-                    scores = deltas.abs().mean(0) if estimator == "mean_abs" else deltas.mean(0).abs()
-                    all_indices.append(batch["index"].cpu()), all_scores.append(scores)
+                if estimator == "abs_mean":
+                    scores = deltas.mean(0).abs()
+                elif control_variate:
+                    first_order, expected = gradients.apply(
+                        batch, lambda chunks: _first_order_draws(chunks, names, params, perturb, num_samples))
+                    scores = (deltas.abs() - first_order).mean(0) + expected  # (B,)
+                else:
+                    scores = deltas.abs().mean(0)
+            all_indices.append(batch["index"].cpu()), all_scores.append(scores)
         bar.close()
 
     indices = torch.cat(all_indices) if all_indices else torch.zeros(0, dtype=torch.long)
@@ -664,6 +742,11 @@ def mrd_scores(
             f"{missing}...). Use a sampler that visits every sample (no drop_last) and put each "
             "sample's dataset row in batch['index']."
         )
+    if control_variate and bool((out < 0).any()):
+        negative = torch.nonzero(out < 0).flatten()[:10].tolist()
+        warnings.warn(f"MRD: the control-variate estimate is negative for samples {negative}...: at sigma={sigma:g} "
+                      "Δ_k is far from linear in δ_k, so the control variate adds noise instead of removing it. "
+                      "Use a smaller sigma, or control_variate=False.", stacklevel=2)
     return out.to(torch.float32)
 
 
