@@ -400,20 +400,8 @@ def _dist_rank() -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Scoring one batch
+# Per-sample gradients g_b = ∇_θ Σ_t P_t / sg(P_t) (analytic estimator, control variate)
 # --------------------------------------------------------------------------------------------------
-
-
-def _monte_carlo_deltas(model: nn.Module, batch: Mapping[str, Any], perturb: ParameterPerturbation,
-                        logprob_fn: LogprobFn, num_samples: int, normalization: str, p_floor: float) -> Tensor:
-    """Δ_k for every sample of the batch: ``(K, B)`` float64, one forward pass per k."""
-    logp, mask = logprob_fn(model, batch)  # (B, T-1) at θ
-    deltas = []
-    for k in range(num_samples):
-        with perturb.draw(k):
-            logp_k, _ = logprob_fn(model, batch)  # (B, T-1) at θ + δ_k
-        deltas.append(relative_change(logp, logp_k, mask, normalization, p_floor))  # (B,)
-    return torch.stack(deltas)  # (K, B)
 
 
 def _first_order_objective(logp: Tensor, mask: Tensor, normalization: str, p_floor: float) -> Tensor:
@@ -422,6 +410,51 @@ def _first_order_objective(logp: Tensor, mask: Tensor, normalization: str, p_flo
         return (logp / _floored(logp.detach(), p_floor) * mask).sum()
     total = (logp * mask).sum()
     return total / _floored(total.detach(), p_floor)
+
+
+def _trim_trailing_padding(batch: dict[str, Any]) -> dict[str, Any]:
+    """A right-padded batch ``(B, T)`` cut after the last position any row attends (padding costs compute)."""
+    attention = batch.get("attention_mask")
+    if not isinstance(attention, Tensor) or attention.dim() != 2 or bool(attention[:, -1].any()):
+        return batch
+    attended = attention.any(dim=0)  # (T,)
+    length = int(torch.nonzero(attended).max()) + 1 if bool(attended.any()) else attention.shape[1]
+    width = attention.shape[1]
+    return {k: v[:, :length] if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[1] == width else v
+            for k, v in batch.items()}
+
+
+def _right_padded(batch: Mapping[str, Any]) -> bool:
+    """Every row's attention mask is 1…1 0…0 and nothing after it is labelled: then, under causal attention,
+    the attended positions' logits do not depend on the padding and the mask can be left out."""
+    attention, labels = batch.get("attention_mask"), batch["labels"]
+    if attention is None:
+        return True
+    binary = bool(((attention == 0) | (attention == 1)).all())
+    ones_then_zeros = binary and bool((attention[:, 1:] <= attention[:, :-1]).all())
+    return ones_then_zeros and not bool(((attention == 0) & (labels != tokens.IGNORE_INDEX)).any())
+
+
+def _vmap_problem(model: nn.Module, params: list[nn.Parameter], logprob_fn: LogprobFn) -> str | None:
+    """Why per-sample gradients by ``torch.func.vmap`` cannot be used here (None: they can)."""
+    if logprob_fn is not causal_lm_logprobs:
+        return "a custom logprob_fn (it may use data-dependent shapes)"
+    if any(hasattr(p, "ds_id") for p in params) or type(model).__module__.startswith("deepspeed"):
+        return "a DeepSpeed-wrapped or ZeRO-3 partitioned model"
+    return None
+
+
+def _vmap_pays_off(device: torch.device) -> bool:
+    """Where "auto" tries vmap: on CUDA (launch-bound per-sample backwards). On a CPU the loop was faster."""
+    return device.type == "cuda"
+
+
+def _samples_per_chunk(params: list[nn.Parameter], device: torch.device) -> int:
+    """Samples whose per-sample gradients are held at once (vmap, control variate): each holds a full float32
+    gradient (and a squared copy), and a chunk may use a quarter of the free GPU memory (1 GiB on CPU)."""
+    per_sample = 8 * max(1, sum(getattr(p, "ds_numel", p.numel()) for p in params))  # ZeRO-3: full sizes
+    budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 1 << 30
+    return max(1, budget // per_sample)
 
 
 def _loop_gradient_chunks(model: nn.Module, batch: Mapping[str, Any], params: list[nn.Parameter],
@@ -506,6 +539,23 @@ def _squared_norms(chunk: list[Tensor]) -> Tensor:
     return sum(g.pow(2).sum(dim=1).to(torch.float64) for g in chunk)
 
 
+# --------------------------------------------------------------------------------------------------
+# Scoring one batch
+# --------------------------------------------------------------------------------------------------
+
+
+def _monte_carlo_deltas(model: nn.Module, batch: Mapping[str, Any], perturb: ParameterPerturbation,
+                        logprob_fn: LogprobFn, num_samples: int, normalization: str, p_floor: float) -> Tensor:
+    """Δ_k for every sample of the batch: ``(K, B)`` float64, one forward pass per k."""
+    logp, mask = logprob_fn(model, batch)  # (B, T-1) at θ
+    deltas = []
+    for k in range(num_samples):
+        with perturb.draw(k):
+            logp_k, _ = logprob_fn(model, batch)  # (B, T-1) at θ + δ_k
+        deltas.append(relative_change(logp, logp_k, mask, normalization, p_floor))  # (B,)
+    return torch.stack(deltas)  # (K, B)
+
+
 def _analytic_scores(chunks: Iterator[list[Tensor]], sigma: float) -> Tensor:
     """√(2/π)·σ·‖g_b‖ per sample, g_b = ∇_θ Σ_t P_t / sg(P_t): ``(B,)`` float64."""
     sq_norms = torch.cat([_squared_norms(chunk) for chunk in chunks])
@@ -534,51 +584,6 @@ def _first_order_draws(chunks: Iterator[list[Tensor]], names: list[str], params:
         sq_norms.append(_squared_norms(chunk).cpu())
     expected = math.sqrt(2.0 / math.pi) * perturb.sigma * torch.cat(sq_norms).sqrt()
     return torch.cat(projections, dim=1).abs(), expected
-
-
-def _vmap_problem(model: nn.Module, params: list[nn.Parameter], logprob_fn: LogprobFn) -> str | None:
-    """Why per-sample gradients by ``torch.func.vmap`` cannot be used here (None: they can)."""
-    if logprob_fn is not causal_lm_logprobs:
-        return "a custom logprob_fn (it may use data-dependent shapes)"
-    if any(hasattr(p, "ds_id") for p in params) or type(model).__module__.startswith("deepspeed"):
-        return "a DeepSpeed-wrapped or ZeRO-3 partitioned model"
-    return None
-
-
-def _right_padded(batch: Mapping[str, Any]) -> bool:
-    """Every row's attention mask is 1…1 0…0 and nothing after it is labelled: then, under causal attention,
-    the attended positions' logits do not depend on the padding and the mask can be left out."""
-    attention, labels = batch.get("attention_mask"), batch["labels"]
-    if attention is None:
-        return True
-    binary = bool(((attention == 0) | (attention == 1)).all())
-    ones_then_zeros = binary and bool((attention[:, 1:] <= attention[:, :-1]).all())
-    return ones_then_zeros and not bool(((attention == 0) & (labels != tokens.IGNORE_INDEX)).any())
-
-
-def _vmap_pays_off(device: torch.device) -> bool:
-    """Where "auto" tries vmap: on CUDA (launch-bound per-sample backwards). On a CPU the loop was faster."""
-    return device.type == "cuda"
-
-
-def _samples_per_chunk(params: list[nn.Parameter], device: torch.device) -> int:
-    """Samples whose per-sample gradients are held at once (vmap, control variate): each holds a full float32
-    gradient (and a squared copy), and a chunk may use a quarter of the free GPU memory (1 GiB on CPU)."""
-    per_sample = 8 * max(1, sum(getattr(p, "ds_numel", p.numel()) for p in params))  # ZeRO-3: full sizes
-    budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 1 << 30
-    return max(1, budget // per_sample)
-
-
-def _trim_trailing_padding(batch: dict[str, Any]) -> dict[str, Any]:
-    """A right-padded batch ``(B, T)`` cut after the last position any row attends (padding costs compute)."""
-    attention = batch.get("attention_mask")
-    if not isinstance(attention, Tensor) or attention.dim() != 2 or bool(attention[:, -1].any()):
-        return batch
-    attended = attention.any(dim=0)  # (T,)
-    length = int(torch.nonzero(attended).max()) + 1 if bool(attended.any()) else attention.shape[1]
-    width = attention.shape[1]
-    return {k: v[:, :length] if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[1] == width else v
-            for k, v in batch.items()}
 
 
 # --------------------------------------------------------------------------------------------------
