@@ -199,7 +199,7 @@ def test_control_variate_matches_literal_computation(tied, normalization):
     assert ((plain - ours).abs() / ours).max() > 1e-3 and ((analytic - ours).abs() / ours).max() > 1e-3
 
 
-def test_control_variate_removes_most_monte_carlo_noise_and_no_mean():
+def test_control_variate_removes_most_monte_carlo_noise_and_keeps_the_mean():
     # σ = 1e-5: Δ_k is nearly linear in δ_k, so the control variate leaves almost no noise. Two seeds at K=8
     # agree closely with it, not without it; and it estimates the same mean as plain Algorithm 1 at K=400.
     model, rows = small_llama(seed=9), make_dataset(8, max_len=20, seed=9)
