@@ -2,10 +2,19 @@
 
 Stages: builtin data → BPE tokenizer → target model (trained on every author) and retain model (trained
 without the forget authors) → evaluation of both → unlearning of the forget split with each objective (with
-and without the MRD curriculum), all at the same step budget → evaluation of each → ``report.md`` with the
-table, a UC-vs-UT scatter, MRD histograms and G-effect curves. The target and retain models are cached under
-``$LIT_UNLEARN_HOME/models/<kind>-<key>``, where the key hashes the data version and the training config, so a
-rerun skips their training (unlearning and evaluation always run). Each stage's wall time is printed.
+and without the MRD curriculum), with several seeds, under two protocols → evaluation of each run →
+``report.md`` with the mean and spread over seeds, a UC-vs-UT scatter with the spread, MRD histograms and
+G-effect curves, and ``summary.json`` (every run's headline numbers, the settings and the environment).
+
+Protocols: ``budget`` gives every objective the same number of steps; ``matched`` runs each objective until
+the forget set's mean memorisation accuracy has fallen to the retain model's (the MRD paper's App. E.4
+criterion with the retain model as the threshold), with a step cap, and reports the steps it took.
+
+Reproducibility: the torch thread count is fixed (``DemoSettings.num_threads``, recorded) and deterministic
+kernels are used, so a rerun on the same machine and lock file gives identical numbers. The target and
+retain models are cached under ``$LIT_UNLEARN_HOME/models/<kind>-<key>``, where the key hashes the data
+version and the training config (thread count included), so a rerun skips their training; copies are
+written to ``<out>/models/{target,retain}`` for the CLI examples. Each stage's wall time is printed.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from typing import Iterator
 
 import torch
 
+from lit_unlearn.utils.environment import DEFAULT_NUM_THREADS
 from lit_unlearn.utils.io import atomic_write_json, cache_dir
 
 MIN_TARGET_MEMORIZATION = 0.8
@@ -38,6 +48,7 @@ class FinetuneConfig:
     max_length: int = 64
     seed: int = 0
     model: str = "builtin:tiny-llama"
+    num_threads: int = DEFAULT_NUM_THREADS  # torch threads: the same seed gives other weights at another count
 
 
 def target_config(source: str = "builtin:tofu-mini", **kw) -> FinetuneConfig:
@@ -85,6 +96,10 @@ def finetune(config: FinetuneConfig, tokenizer: str, save_dir: str | Path, progr
     from lit_unlearn.data.tofu import TOFUDataModule
     from lit_unlearn.objectives.finetune import FinetuneModule
 
+    from lit_unlearn.utils.environment import set_num_threads, use_deterministic_algorithms
+
+    set_num_threads(config.num_threads)
+    use_deterministic_algorithms()
     L.seed_everything(config.seed, verbose=False)
     data = TOFUDataModule(source=config.source, tokenizer=tokenizer, splits=list(config.splits),
                           batch_size=config.batch_size, max_length=config.max_length, seed=config.seed)
@@ -98,11 +113,20 @@ def finetune(config: FinetuneConfig, tokenizer: str, save_dir: str | Path, progr
 
 
 def cached_finetune(kind: str, config: FinetuneConfig, tokenizer: str, progress: bool = True) -> tuple[Path, bool]:
-    """The trained model folder for ``config``, training it only when the cache has none. Returns (path, cached)."""
+    """The trained model folder for ``config``, training it only when the cache has none. Returns (path, cached).
+
+    Building holds a file lock beside the folder (``<folder>.lock``), so of two processes that need the same
+    model one trains it and the other waits (``$LIT_UNLEARN_LOCK_TIMEOUT`` s at most) and then loads it.
+    """
+    from lit_unlearn.utils.locks import file_lock
+
     folder = cache_dir() / "models" / f"{kind}-{model_key(config, tokenizer)}"
     if (folder / "lit_unlearn.json").is_file():
         return folder, True
-    return finetune(config, tokenizer, folder, progress), False
+    with file_lock(folder.with_name(folder.name + ".lock"), what=f"training the {kind} model {folder.name}"):
+        if (folder / "lit_unlearn.json").is_file():  # built by another process while this one waited
+            return folder, True
+        return finetune(config, tokenizer, folder, progress), False
 
 
 @torch.no_grad()
@@ -131,8 +155,8 @@ class UnlearnSpec:
     name: str
     objective: str
     kwargs: dict = field(default_factory=dict)
-    mrd: bool = False  # add the MRD curriculum (paper 002: CGA, "+MRD")
-    geffect: bool = False  # record G-effect curves (paper 001)
+    mrd: bool = False  # add the MRD curriculum (Feng et al., 2025: CGA, "+MRD")
+    geffect: bool = False  # record G-effect curves (Wang et al., 2025)
     lr: float | None = None  # this run's learning rate (default: DemoSettings.unlearn_lr)
 
 
@@ -148,12 +172,17 @@ ALL_RUNS: tuple[UnlearnSpec, ...] = (
     UnlearnSpec("TNPO", "TNPO", geffect=True),
     UnlearnSpec("WTNPO", "WTNPO"),
     UnlearnSpec("SatImp", "SatImp", geffect=True),
+    UnlearnSpec("UNDIAL", "UNDIAL"),
+    UnlearnSpec("CEU", "CEU"),
+    UnlearnSpec("PDU", "PDU", lr=3e-4),
+    UnlearnSpec("AltPO", "AltPO", lr=3e-4),
+    UnlearnSpec("GRU", "GRU"),
     UnlearnSpec("CGA", "GA", mrd=True),
     UnlearnSpec("GradDiff+MRD", "GradDiff", mrd=True),
     UnlearnSpec("NPO+MRD", "NPO", mrd=True),
     UnlearnSpec("IdkDPO+MRD", "IdkDPO", mrd=True, lr=3e-4),
 )
-FAST_RUNS: tuple[str, ...] = ("GA", "CGA", "GradDiff", "NPO", "NPO+MRD", "WGA", "TNPO", "SatImp")
+FAST_RUNS: tuple[str, ...] = ("GA", "GradDiff", "NPO", "NPO+MRD")  # x 3 seeds x 2 protocols: a rerun fits 5 minutes
 
 
 @dataclass(frozen=True)
@@ -175,37 +204,89 @@ class DemoSettings:
     mrd_estimator: str = "mean_abs"  # Algorithm 1; "analytic" is its one-backward-per-sample limit
     mrd_control_variate: bool = False  # mean_abs with the analytic score as control variate (same mean, less noise)
     accelerator: str = "cpu"  # of the unlearning runs ("gpu" for benchmarks on a GPU); finetuning stays on CPU
+    seeds: tuple[int, ...] = (0, 1, 2)  # each unlearning run is repeated per seed: data order, dropout, RMU, MRD
+    protocols: tuple[str, ...] = ("budget", "matched")  # see the module docstring
+    matched_max_epochs: int = 10  # step cap of the matched protocol, in passes over the forget split
+    matched_check_every: int = 5  # optimizer steps between two forget-MA checks of the matched protocol
+    num_threads: int = DEFAULT_NUM_THREADS  # torch CPU threads of the whole demo (recorded in every output)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.protocols) - set(PROTOCOLS)
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {self.protocols}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+
+
+PROTOCOLS = ("budget", "matched")
+
+
+def unlearning_data(target: Path, source: str, forget_split: str, settings: DemoSettings, seed: int = 0):
+    """The forget/retain datamodule of the demo; ``seed`` orders the batches (the data itself is fixed)."""
+    from lit_unlearn.data.tofu import UnlearningDataModule
+
+    retain_split = "retain" + str(100 - int(forget_split.removeprefix("forget")))
+    return UnlearningDataModule(source=source, tokenizer=str(target), forget_split=forget_split,
+                                retain_split=retain_split, batch_size=settings.batch_size, max_length=64,
+                                shuffle_seed=seed)
+
+
+@torch.no_grad()
+def forget_ma_threshold(model_dir: Path, target: Path, source: str, forget_split: str, settings: DemoSettings) -> float:
+    """Mean forget-set MA of ``model_dir`` (the retain model), measured exactly as the matched protocol's
+    :class:`ForgettingEarlyStopping` measures the model being unlearned (same data, tokenizer and MA)."""
+    from lit_unlearn.callbacks.early_stopping import memorization_and_extraction
+    from lit_unlearn.models.loading import load_causal_lm
+
+    data = unlearning_data(target, source, forget_split, settings)
+    data.setup("fit")
+    model = load_causal_lm(str(model_dir)).eval()
+    ma, _ = memorization_and_extraction(model, data.forget_scoring_dataloader(64), extraction=False)
+    return float(ma.mean())
 
 
 def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out: Path, settings: DemoSettings,
-            progress: bool = True):
-    """Unlearn ``forget_split`` from ``target`` with one objective; returns the trained module and its callbacks."""
+            progress: bool = True, seed: int = 0, protocol: str = "budget", ma_threshold: float | None = None,
+            geffect: bool | None = None):
+    """Unlearn ``forget_split`` from ``target`` with one objective; returns the trained module and its callbacks.
+
+    ``seed`` drives the batch order, dropout, RMU's control vector and MRD's perturbations. ``protocol``:
+    ``"budget"`` trains ``settings.unlearn_epochs`` epochs; ``"matched"`` stops once the forget set's mean MA
+    is at most ``ma_threshold`` (checked every ``settings.matched_check_every`` steps), at the latest after
+    ``settings.matched_max_epochs`` epochs.
+    """
     import lightning as L
 
     import lit_unlearn.objectives as objectives
-    from lit_unlearn.callbacks import GEffectMonitor, MRDCurriculum
-    from lit_unlearn.data.tofu import UnlearningDataModule
+    from lit_unlearn.callbacks import ForgettingEarlyStopping, GEffectMonitor, MRDCurriculum
 
-    L.seed_everything(0, verbose=False)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "matched" and ma_threshold is None:
+        raise ValueError("protocol='matched' needs ma_threshold (the retain model's mean forget-set MA)")
+    L.seed_everything(seed, verbose=False)
     cls = getattr(objectives, spec.objective)
-    retain_split = "retain" + str(100 - int(forget_split.removeprefix("forget")))
-    data = UnlearningDataModule(source=source, tokenizer=str(target), forget_split=forget_split,
-                                retain_split=retain_split, batch_size=settings.batch_size, max_length=64)
+    data = unlearning_data(target, source, forget_split, settings, seed)
     if "lr" in spec.kwargs:
         raise ValueError(f"UnlearnSpec {spec.name!r}: give the learning rate as UnlearnSpec.lr, not in kwargs")
     lr = spec.lr if spec.lr is not None else settings.unlearn_lr
-    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=lr, **spec.kwargs)
+    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=lr, seed=seed, **spec.kwargs)
     callbacks = []
     if spec.mrd:
         callbacks.append(MRDCurriculum(every_n_epochs=settings.mrd_every_n_epochs, num_samples=settings.mrd_samples,
                                        estimator=settings.mrd_estimator,
-                                       control_variate=settings.mrd_control_variate, batch_size=64,
+                                       control_variate=settings.mrd_control_variate, batch_size=64, seed=seed,
                                        output_dir=str(out / "mrd")))
-    if spec.geffect:
+    if spec.geffect if geffect is None else geffect:
         callbacks.append(GEffectMonitor(every_n_steps=settings.geffect_every, output_dir=str(out / "geffect")))
-    trainer = L.Trainer(accelerator=settings.accelerator, devices=1, max_epochs=settings.unlearn_epochs, logger=False,
+    max_epochs = settings.unlearn_epochs
+    if protocol == "matched":
+        callbacks.append(ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=ma_threshold,
+                                                 check_every_n_steps=settings.matched_check_every, batch_size=64))
+        max_epochs = settings.matched_max_epochs
+    trainer = L.Trainer(accelerator=settings.accelerator, devices=1, max_epochs=max_epochs, logger=False,
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        callbacks=callbacks, default_root_dir=str(out))
+                        callbacks=callbacks, default_root_dir=str(out), deterministic="warn")
     trainer.fit(module, datamodule=data)
     return module, callbacks
 
@@ -242,7 +323,7 @@ def self_referenced(report: dict, out: Path) -> dict:
 
 
 def plot_geffect_curves(rows_by_run: dict[str, list[dict]], path: Path) -> Path | None:
-    """e_u and e_r totals over steps, one line per objective (paper 001's comparison figure)."""
+    """e_u and e_r totals over steps, one line per objective (the comparison figure of Wang et al., 2025, G-effect)."""
     if not rows_by_run:
         return None
     import matplotlib
@@ -280,22 +361,45 @@ class DemoResult:
     retain: Path
     memorization: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
-    reports: dict[str, dict] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)  # "retain", "target" and "<name>/<protocol>/seed<k>"
+    summary: dict = field(default_factory=dict)
+
+
+def run_dir_name(name: str) -> str:
+    return name.replace("+", "_")
+
+
+def copy_model(source: Path, destination: Path) -> Path:
+    """A plain copy of a cached model folder (atomically), so CLI examples can name a stable path."""
+    import shutil
+
+    from lit_unlearn.utils.io import atomic_directory
+
+    with atomic_directory(destination) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return destination
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-mini", forget_split: str = "forget10",
              runs: tuple[str, ...] | None = FAST_RUNS, settings: DemoSettings = DemoSettings(),
              progress: bool = True) -> DemoResult:
     """The whole embedded-default pipeline; ``runs=None`` runs every objective (``make demo-full``)."""
+    import datetime as _dt
+
+    from lit_unlearn import results
     from lit_unlearn.data.sources import is_builtin, source_version
     from lit_unlearn.evaluation.report import compare_reports
     from lit_unlearn.models.loading import builtin_tokenizer_dir
+    from lit_unlearn.utils.environment import environment_info, set_num_threads, use_deterministic_algorithms
 
     out = Path(out_dir)
     specs = [s for s in ALL_RUNS if runs is None or s.name in runs]
     unknown = set(runs or ()) - {s.name for s in ALL_RUNS}
     if unknown:
         raise ValueError(f"Unknown demo runs {sorted(unknown)}; choose from {[s.name for s in ALL_RUNS]}.")
+    set_num_threads(settings.num_threads)
+    use_deterministic_algorithms()
+    started = time.perf_counter()
     timer = StageTimer()
     with timer.stage("data"):
         version = source_version(source)
@@ -307,15 +411,17 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
         tokenizer = str(builtin_tokenizer_dir(source))
     cached = {}
     with timer.stage("target model"):
-        config = target_config(source, epochs=settings.epochs)
+        config = target_config(source, epochs=settings.epochs, num_threads=settings.num_threads)
         if settings.target_splits:
             config = replace(config, splits=tuple(settings.target_splits))
         target, cached["target"] = cached_finetune("target", config, tokenizer, progress)
     with timer.stage("retain model"):
-        config = retain_config(forget_split, source, epochs=settings.epochs)
+        config = retain_config(forget_split, source, epochs=settings.epochs, num_threads=settings.num_threads)
         if settings.retain_splits:
             config = replace(config, splits=tuple(settings.retain_splits))
         retain, cached["retain"] = cached_finetune("retain", config, tokenizer, progress)
+    copy_model(target, out / "models" / "target")
+    copy_model(retain, out / "models" / "retain")
     with timer.stage("memorisation check"):
         ma = {"target/forget": memorization_accuracy_on(target, forget_split, source),
               "retain/forget": memorization_accuracy_on(retain, forget_split, source)}
@@ -327,6 +433,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
                 f" (need >= {MIN_TARGET_MEMORIZATION}). Unlearning results would be meaningless; train longer"
                 f" (--epochs) or check the data. Model: {target}"
             )
+        threshold = (forget_ma_threshold(retain, target, source, forget_split, settings)
+                     if "matched" in settings.protocols else None)
     reports: dict[str, dict] = {}
     with timer.stage("evaluate retain + target"):
         reports["retain"] = evaluate(retain, retain, source, forget_split, out / "runs" / "retain", settings,
@@ -337,54 +445,87 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
                                      retain_report, progress, name="target")
     geffect_rows: dict[str, list[dict]] = {}
     mrd_dirs: dict[str, Path] = {}
+    records: list[dict] = []
     for spec in specs:
-        run_dir = out / "runs" / spec.name.replace("+", "_")
-        with timer.stage(f"unlearn {spec.name}"):
-            module, callbacks = unlearn(spec, target, source, forget_split, run_dir, settings, progress)
-        with timer.stage(f"evaluate {spec.name}"):
-            reports[spec.name] = evaluate(module.model.eval(), target, source, forget_split, run_dir, settings,
-                                          retain_report, progress, name=spec.name)
-        for callback in callbacks:
-            if hasattr(callback, "rows"):
-                geffect_rows[spec.name] = list(callback.rows)
-        if spec.mrd:
-            mrd_dirs[spec.name] = run_dir / "mrd"
+        for protocol in settings.protocols:
+            for seed in settings.seeds:
+                first = seed == settings.seeds[0] and protocol == settings.protocols[0]
+                run_dir = out / "runs" / run_dir_name(spec.name) / protocol / f"seed{seed}"
+                label = f"{spec.name} [{protocol}, seed {seed}]"
+                with timer.stage(f"unlearn {label}"):
+                    module, callbacks = unlearn(spec, target, source, forget_split, run_dir, settings, progress,
+                                                seed=seed, protocol=protocol, ma_threshold=threshold,
+                                                geffect=spec.geffect and first)
+                with timer.stage(f"evaluate {label}"):
+                    key = f"{spec.name}/{protocol}/seed{seed}"
+                    reports[key] = evaluate(module.model.eval(), target, source, forget_split, run_dir, settings,
+                                            retain_report, progress, name=key)
+                stopper = next((c for c in callbacks if hasattr(c, "stopped_step")), None)
+                records.append({"name": spec.name, "protocol": protocol, "seed": seed, "steps": module.global_step,
+                                "reached": None if stopper is None else stopper.stopped_step is not None,
+                                "ma_checks": None if stopper is None else [[h["step"], h["ma_mean"]]
+                                                                           for h in stopper.history],
+                                "summary": reports[key]["summary"],
+                                "report": str((run_dir / "report.json").relative_to(out))})
+                for callback in callbacks:
+                    if hasattr(callback, "rows") and first:
+                        geffect_rows[spec.name] = list(callback.rows)
+                if spec.mrd and first:
+                    mrd_dirs[spec.name] = run_dir / "mrd"
+                del module, callbacks
     with timer.stage("report"):
         names = list(reports)
-        comparison = compare_reports([reports[n] for n in names], out, names=names)
+        compare_reports([reports[n] for n in names], out, names=names)  # every single run: comparison.md/json
         curves = plot_geffect_curves(geffect_rows, out / "geffect_curves.png")
-        write_demo_report(out, comparison, curves, mrd_dirs, ma, timer, version, settings)
-    summary = {"data_version": version, "target": str(target), "retain": str(retain), "cached": cached,
-               "memorization_accuracy": ma, "stage_seconds": timer.times, "settings": asdict(settings),
-               "runs": [s.name for s in specs]}
+        summary = {
+            "format": "lit_unlearn.demo_summary/2",
+            "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+            "environment": environment_info(),
+            "data_version": version, "target": str(target), "retain": str(retain), "cached": cached,
+            "memorization_accuracy": ma, "matched_threshold": threshold,
+            "settings": asdict(settings), "runs": [s.name for s in specs],
+            "learning_rates": {s.name: s.lr if s.lr is not None else settings.unlearn_lr for s in specs},
+            "references": {name: reports[name]["summary"] for name in ("retain", "target")},
+            "records": records, "aggregate": results.aggregate(records),
+        }
+        from lit_unlearn.utils.io import atomic_write_bytes
+
+        atomic_write_bytes(out / "uc_ut_seeds.png", results.plot_uc_ut(summary))
+        summary["stage_seconds"] = timer.times
+        summary["wall_seconds"] = time.perf_counter() - started
+        write_demo_report(out, summary, curves, mrd_dirs, timer)
     atomic_write_json(out / "summary.json", summary)
     print(f"\nReport: {out / 'report.md'}")
-    print(timer.summary())
-    return DemoResult(out, target, retain, ma, timer.times, reports)
+    print(f"Total wall time: {summary['wall_seconds']:.0f}s")
+    return DemoResult(out, target, retain, ma, timer.times, reports, summary)
 
 
-def write_demo_report(out: Path, comparison: dict, curves: Path | None, mrd_dirs: dict[str, Path],
-                      ma: dict[str, float], timer: StageTimer, version: str, settings: DemoSettings) -> Path:
-    """``report.md``: the comparison table, the UC-vs-UT scatter, MRD histograms and G-effect curves."""
+def write_demo_report(out: Path, summary: dict, curves: Path | None, mrd_dirs: dict[str, Path],
+                      timer: StageTimer) -> Path:
+    """``report.md``: the tables over seeds for each protocol, the UC-vs-UT scatter with the spread, MRD
+    histograms, G-effect curves and the wall time of each stage."""
+    from lit_unlearn import results
     from lit_unlearn.utils.io import atomic_write_text
 
-    table = (out / "comparison.md").read_text().split("\n", 2)[2]  # drop the title line
-    overrides = ", ".join(f"{s.name} {s.lr:g}" for s in ALL_RUNS if s.lr is not None and f"| {s.name} |" in table)
-    lr_text = f"AdamW lr {settings.unlearn_lr:g}" + (f"; {overrides} from benchmarks/demo_lr_sweep.py" if overrides else "")
+    settings = summary["settings"]
+    overrides = ", ".join(f"{name} {lr:g}" for name, lr in summary["learning_rates"].items()
+                          if lr != settings["unlearn_lr"])
+    lr_text = f"AdamW lr {settings['unlearn_lr']:g}" + (f"; {overrides} from benchmarks/demo_lr_sweep.py" if overrides else "")
+    ma = summary["memorization_accuracy"]
     lines = [
         "# lit_unlearn demo", "",
-        f"Data `{version}`; every objective unlearns the forget split for {settings.unlearn_epochs} epochs "
-        f"(batch {settings.batch_size}, {lr_text}) from the same target model; `retain` and"
+        f"Every objective unlearns the forget split from the same target model ({lr_text}); `retain` and"
         " `target` are the references. Forget quality (FQ) is the KS-test p-value of the forget truth ratios"
         " against the retain model's (higher = closer to never having seen the data); MU is model utility.",
         "", f"Target-model forget-set memorisation accuracy: {ma['target/forget']:.3f}"
-        f" (retain model: {ma['retain/forget']:.3f}).", "", table.strip(), "",
-        "![UC vs UT](uc_ut.png)", "",
+        f" (retain model: {ma['retain/forget']:.3f}).", "", results.render(summary), "",
+        "![UC vs UT over seeds](uc_ut_seeds.png)", "",
+        "Every single run: `comparison.md` (and `uc_ut.png`); per-run reports under `runs/<run>/<protocol>/seed<k>/`.", "",
     ]
     if curves is not None:
-        lines += ["## G-effect curves", "", "![G-effect](geffect_curves.png)", ""]
+        lines += ["## G-effect curves (first seed, fixed budget)", "", "![G-effect](geffect_curves.png)", ""]
     if mrd_dirs:
-        lines += ["## MRD histograms (last scoring of each curriculum run)", ""]
+        lines += ["## MRD histograms (last scoring of each curriculum run, first seed)", ""]
         for name, folder in mrd_dirs.items():
             pngs = sorted(folder.glob("*.png"))
             if pngs:
@@ -403,8 +544,19 @@ def demo_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", nargs="*", help=f"a subset of: {', '.join(s.name for s in ALL_RUNS)}")
     parser.add_argument("--epochs", type=int, default=DemoSettings.epochs, help="target/retain finetuning epochs")
     parser.add_argument("--unlearn-epochs", type=int, default=DemoSettings.unlearn_epochs)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DemoSettings.seeds),
+                        help=f"unlearning seeds (default: {' '.join(map(str, DemoSettings.seeds))})")
+    parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(DemoSettings.protocols),
+                        help="budget: same steps for all; matched: until the forget MA reaches the retain model's")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help=f"torch CPU threads (default: $LIT_UNLEARN_NUM_THREADS or {DEFAULT_NUM_THREADS}); the "
+                             "numbers are reproducible at a fixed thread count")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
+    from lit_unlearn.utils.environment import default_num_threads
+
     runs = None if args.full else tuple(args.runs) if args.runs else FAST_RUNS
-    settings = DemoSettings(epochs=args.epochs, unlearn_epochs=args.unlearn_epochs)
+    settings = DemoSettings(epochs=args.epochs, unlearn_epochs=args.unlearn_epochs, seeds=tuple(args.seeds),
+                            protocols=tuple(args.protocols),
+                            num_threads=args.num_threads if args.num_threads is not None else default_num_threads())
     run_demo(args.out, args.source, args.forget_split, runs, settings, progress=not args.no_progress)

@@ -7,32 +7,42 @@ import pytest
 
 from lit_unlearn.pipeline import DemoSettings, run_demo
 
+#: a demo small enough for the test suite: 2 seeds, both protocols, 6 evaluation rows per split
+MICRO = DemoSettings(
+    epochs=40, target_splits=("forget01", "real_authors"), retain_splits=("real_authors",),
+    unlearn_epochs=2, batch_size=10, mrd_samples=4, mrd_every_n_epochs=1, max_new_tokens=12,
+    eval_batch_size=8, max_samples=6, geffect_every=1, seeds=(0, 1), matched_max_epochs=3, matched_check_every=1,
+)
+
 
 @pytest.fixture(scope="module")
 def micro_demo(tmp_path_factory):
-    settings = DemoSettings(
-        epochs=40, target_splits=("forget01", "real_authors"), retain_splits=("real_authors",),
-        unlearn_epochs=2, batch_size=10, mrd_samples=4, mrd_every_n_epochs=1, max_new_tokens=12,
-        eval_batch_size=8, max_samples=6, geffect_every=1,
-    )
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(out, forget_split="forget01", runs=("GA", "NPO+MRD"), settings=settings, progress=False)
+    return run_demo(out, forget_split="forget01", runs=("GA", "NPO+MRD"), settings=MICRO, progress=False)
 
 
 def test_micro_demo_writes_every_artifact(micro_demo):
     out = micro_demo.out_dir
-    for name in ("report.md", "uc_ut.png", "comparison.json", "comparison.md", "summary.json",
-                 "geffect_curves.png", "data/forget01.jsonl"):
+    for name in ("report.md", "uc_ut.png", "uc_ut_seeds.png", "comparison.json", "comparison.md", "summary.json",
+                 "geffect_curves.png", "data/forget01.jsonl", "models/target/lit_unlearn.json",
+                 "models/retain/config.json"):
         assert (out / name).is_file(), name
     report_md = (out / "report.md").read_text()
-    assert "| GA |" in report_md and "| NPO+MRD |" in report_md and "![UC vs UT](uc_ut.png)" in report_md
+    assert "| GA |" in report_md and "| NPO+MRD |" in report_md and "uc_ut_seeds.png" in report_md
+    assert "Matched forgetting" in report_md and "Fixed budget" in report_md
     assert "mrd/" in report_md  # the MRD histogram of the curriculum run is linked
-    for run in ("retain", "target", "GA", "NPO_MRD"):
+    for run in ("retain", "target", "GA/budget/seed0", "GA/matched/seed1", "NPO_MRD/budget/seed1"):
         report = json.loads((out / "runs" / run / "report.json").read_text())
         assert report["summary"]["forget_memorization_accuracy"] is not None
+        assert report["metadata"]["environment"]["torch_num_threads"] == MICRO.num_threads
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["runs"] == ["GA", "NPO+MRD"] and "unlearn GA" in summary["stage_seconds"]
-    assert (out / "uc_ut.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["runs"] == ["GA", "NPO+MRD"] and "unlearn GA [budget, seed 0]" in summary["stage_seconds"]
+    assert summary["environment"]["packages"]["torch"] and summary["environment"]["torch_num_threads"] == 2
+    assert [(r["name"], r["protocol"], r["seed"]) for r in summary["records"]] == [
+        (n, p, s) for n in ("GA", "NPO+MRD") for p in ("budget", "matched") for s in (0, 1)]
+    assert (out / "uc_ut_seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((out / "models" / "target" / "lit_unlearn.json").read_text())
+    assert meta["finetune_config"]["num_threads"] == MICRO.num_threads
 
 
 def test_micro_demo_numbers_are_sane(micro_demo):
@@ -42,7 +52,44 @@ def test_micro_demo_numbers_are_sane(micro_demo):
     assert rows["retain"]["forget_quality"] == pytest.approx(1.0)
     # the target memorised the forget set; unlearning lowered its memorisation
     assert micro_demo.memorization["target/forget"] >= 0.8
-    assert rows["GA"]["forget_memorization_accuracy"] < rows["target"]["forget_memorization_accuracy"]
+    for seed in (0, 1):
+        assert rows[f"GA/budget/seed{seed}"]["forget_memorization_accuracy"] < rows["target"]["forget_memorization_accuracy"]
+
+
+def test_micro_demo_aggregates_each_configuration_over_its_seeds(micro_demo):
+    import numpy as np
+
+    summary = micro_demo.summary
+    for name in ("GA", "NPO+MRD"):
+        for protocol in ("budget", "matched"):
+            values = [r["summary"]["model_utility"] for r in summary["records"]
+                      if r["name"] == name and r["protocol"] == protocol]
+            stats = summary["aggregate"][name][protocol]["model_utility"]
+            assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(values))
+            assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    budget = [r for r in summary["records"] if r["protocol"] == "budget"]
+    assert {r["steps"] for r in budget} == {2 * 1}  # 2 epochs of forget01 (10 samples) at batch 10
+
+
+def test_matched_protocol_stops_at_the_retain_models_forget_ma(micro_demo):
+    """Each matched run either reached the threshold (its last check is at or below it, earlier ones above)
+    or trained the whole cap."""
+    summary = micro_demo.summary
+    threshold = summary["matched_threshold"]
+    assert 0.0 <= threshold < micro_demo.memorization["target/forget"]
+    cap = MICRO.matched_max_epochs * 1  # one step per epoch
+    for record in summary["records"]:
+        if record["protocol"] != "matched":
+            continue
+        assert record["reached"] in (True, False)
+        assert record["steps"] <= cap
+        checks = record["ma_checks"]
+        assert [step for step, _ in checks] == list(range(1, record["steps"] + 1))  # every step (check_every 1)
+        assert all(ma > threshold for _, ma in checks[:-1])
+        if record["reached"]:
+            assert checks[-1][1] <= threshold
+        else:
+            assert record["steps"] == cap and checks[-1][1] > threshold
 
 
 def test_unknown_run_name_is_refused(tmp_path):
@@ -62,4 +109,4 @@ def test_per_run_learning_rates_are_the_sweep_picks():
     from lit_unlearn.pipeline import ALL_RUNS
 
     overrides = {s.name: s.lr for s in ALL_RUNS if s.lr is not None}
-    assert overrides == {"IdkDPO": 3e-4, "RMU": 1e-2, "IdkDPO+MRD": 3e-4}  # benchmarks/demo_lr_sweep.py
+    assert overrides == {"IdkDPO": 3e-4, "RMU": 1e-2, "IdkDPO+MRD": 3e-4, "PDU": 3e-4, "AltPO": 3e-4}  # benchmarks/demo_lr_sweep.py

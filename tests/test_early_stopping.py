@@ -267,3 +267,48 @@ def test_ddp_two_processes_gather_the_shards(tmp_path):
     assert ranks[0]["initial_ma"] == pytest.approx(ma.tolist()) and ranks[0]["initial_el"] == pytest.approx(el.tolist())
     assert ranks[0]["thresholds"] == pytest.approx([ma.mean().item(), el.mean().item()])
     assert 0.0 < ma.mean().item() and 0.0 < el.mean().item() and len(set(ma.tolist())) > 1
+
+
+# ----------------------------------------------------------------------------------------------
+# matched forgetting: criterion="mean_ma" with a given threshold, checked every k optimizer steps
+
+
+def test_mean_ma_criterion_stops_at_the_first_check_at_or_below_the_threshold(tmp_path, monkeypatch):
+    # 4 samples at batch 2: 2 steps per epoch; checks after steps 2, 4, 6 (check_every_n_steps=2)
+    means = [0.9, 0.7, 0.5, 0.3]
+    scripted(monkeypatch, [INITIAL, *[([m] * 4, [float("nan")] * 4) for m in means[1:]]])
+    cb = ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=0.5, check_every_n_steps=2)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=10)
+    trainer.fit(PlainModule(), datamodule=PlainData())
+    assert cb.ma_threshold == 0.5  # the given threshold, not the initial model's mean (0.625)
+    assert [(h["step"], h["ma_mean"]) for h in cb.history] == [(2, 0.7), (4, 0.5)]  # 0.5 <= 0.5 stops
+    assert cb.stopped_step == 4 and trainer.global_step == 4
+    assert trainer.callback_metrics["forget/ma_mean"].item() == 0.5
+
+
+def test_mean_ma_criterion_runs_to_the_cap_when_never_reached(tmp_path, monkeypatch):
+    scripted(monkeypatch, [INITIAL, *[([0.9] * 4, [float("nan")] * 4)] * 3])
+    cb = ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=0.1, check_every_n_steps=2)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=3)
+    trainer.fit(PlainModule(), datamodule=PlainData())
+    assert [h["step"] for h in cb.history] == [2, 4, 6] and cb.stopped_step is None and trainer.global_step == 6
+
+
+def test_mean_ma_measures_ma_only_and_equals_the_naive_mean(tmp_path):
+    """Without EL no generation runs (EL is NaN) and MA is the same as with EL."""
+    module, data = PlainModule(memorize=4), PlainData()
+    loader = DataLoader(data.forget_dataset, batch_size=3, collate_fn=collate)
+    ma, el = memorization_and_extraction(module.model, loader, el_n=2)
+    ma_only, el_none = memorization_and_extraction(module.model, loader, el_n=2, extraction=False)
+    assert torch.equal(ma, ma_only) and torch.isnan(el_none).all() and not torch.isnan(el).any()
+
+
+def test_new_options_are_validated():
+    with pytest.raises(ValueError, match="criterion must be 'samples'"):
+        ForgettingEarlyStopping(criterion="median")
+    with pytest.raises(ValueError, match="needs ma_threshold"):
+        ForgettingEarlyStopping(criterion="mean_ma")
+    with pytest.raises(ValueError, match="both ma_threshold and el_threshold"):
+        ForgettingEarlyStopping(ma_threshold=0.5)
+    with pytest.raises(ValueError, match="check_every_n_steps"):
+        ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=0.5, check_every_n_steps=0)

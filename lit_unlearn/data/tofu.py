@@ -225,6 +225,8 @@ class UnlearningDataModule(TOFUDataModule):
             or the builtin bank.
         eval_*: the evaluation suite (see :class:`TOFUDataModule`); the default forget/holdout evaluation
             splits follow ``forget_split`` (``forget05`` -> ``forget05_perturbed``, ``holdout05``).
+        shuffle_seed: seeds the order of the forget and retain batches (default: ``seed``, which also picks
+            the builtin data and the refusal answers); vary it alone to repeat a run over data orders.
     """
 
     def __init__(
@@ -246,6 +248,7 @@ class UnlearningDataModule(TOFUDataModule):
         eval_batch_size: int | None = None,
         eval_max_length: int | None = None,
         eval_during_fit: bool = False,
+        shuffle_seed: int | None = None,
     ):
         super().__init__(source, tokenizer, [], max_length, batch_size, num_workers, pad_token, seed,
                          eval_splits=eval_splits, eval_source=eval_source, eval_max_samples=eval_max_samples,
@@ -255,6 +258,7 @@ class UnlearningDataModule(TOFUDataModule):
         self.retain_split = retain_split
         self.retain_batch_size = retain_batch_size or batch_size
         self.refusals_path = refusals
+        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed
         self.forget_dataset: EncodedDataset | None = None
         self.retain_dataset: EncodedDataset | None = None
         self.forget_sampler = None
@@ -293,7 +297,7 @@ class UnlearningDataModule(TOFUDataModule):
         world_size, rank = self._world()
         if self.forget_sampler is None:
             self.forget_sampler = WeightedDistributedSampler(
-                self.forget_dataset, num_replicas=world_size, rank=rank, seed=self.seed
+                self.forget_dataset, num_replicas=world_size, rank=rank, seed=self.shuffle_seed
             )
         loaders = {
             "forget": DataLoader(self.forget_dataset, batch_size=self.batch_size, sampler=self.forget_sampler,
@@ -301,7 +305,7 @@ class UnlearningDataModule(TOFUDataModule):
         }
         if self.retain_dataset is not None:
             retain_sampler = DistributedSampler(
-                self.retain_dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed
+                self.retain_dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.shuffle_seed
             )
             loaders["retain"] = DataLoader(self.retain_dataset, batch_size=self.retain_batch_size,
                                            sampler=retain_sampler, collate_fn=self.collate,
