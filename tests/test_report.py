@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from scipy.stats import hmean, ks_2samp
 
 from lit_unlearn.evaluation.cli import report_main
 from lit_unlearn.evaluation.report import (
+    RetainReportMismatch,
     MODEL_UTILITY_COMPONENTS,
     compare_reports,
     finalize_report,
@@ -108,8 +110,12 @@ def test_missing_pieces_are_unavailable_not_errors(tmp_path):
 def test_mismatched_reports_raise(tmp_path):
     retain = finalize_report(fake_results(seed=1, n_forget=10), META)
     path = write(tmp_path, "retain10", retain)
-    with pytest.raises(ValueError, match="Forget samples differ.*12 samples here vs 10 there"):
-        finalize_report(fake_results(seed=2, n_forget=12), META, path)
+    # other samples: forget quality (and privleak) unavailable with the reason; an error in strict mode
+    fq = finalize_report(fake_results(seed=2, n_forget=12), META, path)["forget_quality"]
+    assert fq["available"] is False and fq["value"] is None and fq["mismatch"] is True
+    assert re.search("Forget samples differ.*12 samples here vs 10 there", fq["reason"])
+    with pytest.raises(RetainReportMismatch, match="Forget samples differ.*12 samples here vs 10 there"):
+        finalize_report(fake_results(seed=2, n_forget=12), META, path, strict=True)
     other = fake_results(seed=1)
     other["splits"]["forget"]["split"] = "forget05_perturbed"
     path = write(tmp_path, "retain05", finalize_report(other, META))
@@ -127,10 +133,15 @@ def test_mismatched_reports_raise(tmp_path):
         load_report(tmp_path / "missing.json")
 
 
-def test_data_version_mismatch_is_a_warning(tmp_path):
+def test_data_version_mismatch_makes_forget_quality_unavailable(tmp_path):
     path = write(tmp_path, "retain", finalize_report(fake_results(seed=1), {**META, "data_version": "other"}))
-    fq = finalize_report(fake_results(seed=2), META, path)["forget_quality"]
-    assert fq["available"] and "data versions differ" in fq["warning"]
+    report = finalize_report(fake_results(seed=2), META, path)
+    fq = report["forget_quality"]
+    assert fq["available"] is False and fq["value"] is None and fq["mismatch"] is True
+    assert "data version" in fq["reason"] and "'other' in the retain report" in fq["reason"]
+    assert all(entry["privleak"] is None for entry in report["mia"].values())
+    with pytest.raises(RetainReportMismatch, match="data version"):
+        finalize_report(fake_results(seed=2), META, path, strict=True)
 
 
 def test_write_report_files_and_roundtrip(tmp_path):

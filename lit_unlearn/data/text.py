@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import glob
-import json
 from pathlib import Path
 
+from lit_unlearn.data.sources import read_jsonl, read_text_file
 from lit_unlearn.data.tofu import EncodedDataset, UnlearningDataModule
 from lit_unlearn.data.tokenize import DataValidationError, encode_text
 
@@ -18,14 +18,13 @@ def read_documents(pattern: str) -> list[str]:
     for file in files:
         path = Path(file)
         if path.suffix == ".jsonl":
-            for n, line in enumerate(path.read_text().splitlines()):
-                if line.strip():
-                    row = json.loads(line)
-                    if "text" not in row:
-                        raise DataValidationError(f"{path}:{n + 1} has no 'text' field (it has: {sorted(row)}).")
-                    docs.append(row["text"])
+            for n, row in enumerate(read_jsonl(path)):
+                if not isinstance(row.get("text"), str):
+                    raise DataValidationError(f"{path}: object {n + 1}: no string 'text' field (it has:"
+                                              f" {sorted(row)}).")
+                docs.append(row["text"])
         else:
-            docs.append(path.read_text())
+            docs.append(read_text_file(path))
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise DataValidationError(f"The files matching {pattern!r} contain no text.")

@@ -9,6 +9,7 @@
     forget_quality  value | null, available, reason, retain_report
     model_utility   value | null, available, reason, components {"retain/probability": ...}
     summary         the headline numbers (used by ``lit-unlearn report`` to compare runs)
+    relative_to_retain  only with ``EvalConfig.relative_to_retain``: each split metric vs the retain model's
 
 ``per_sample.truth_ratio`` of the forget split holds raw TR_i: a retain model's report is what forget
 quality of later runs needs. Every file is written atomically (``utils.io``).
@@ -29,7 +30,7 @@ from lit_unlearn.utils.io import atomic_write_bytes, atomic_write_json, atomic_w
 REPORT_FORMAT = "lit_unlearn.tofu_report/1"
 REPORT_FILE = "report.json"
 
-#: the 9 values of TOFU model utility (DESIGN.md §6): (split, metric)
+#: the 9 values whose harmonic mean is TOFU's model utility (Maini et al., 2024): (split, metric)
 MODEL_UTILITY_COMPONENTS = (
     ("retain", "probability"), ("retain", "rouge_l_recall"), ("retain", "truth_ratio"),
     ("real_authors", "normalized_probability"), ("real_authors", "rouge_l_recall"), ("real_authors", "truth_ratio"),
@@ -109,10 +110,33 @@ def _check_same_samples(ours: Sequence[int], theirs: Sequence[int], our_split: s
         )
 
 
-def check_retain_report(retain_report: str | os.PathLike | None, forget_dataset=None) -> dict[str, Any] | None:
+class RetainReportMismatch(ValueError):
+    """The retain report was computed on other data than the evaluated run (forget quality would be wrong)."""
+
+
+def data_mismatches(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
+    """What differs between the data of this run's metadata ``ours`` and the retain report's ``theirs``.
+
+    Compared: the data ``source`` and its ``data_version`` (a value missing on either side is not compared).
+    The forget split and sample indices are compared by :func:`_check_same_samples`.
+    """
+    out = []
+    for key, label in (("source", "data source"), ("data_version", "data version")):
+        a, b = ours.get(key), theirs.get(key)
+        if a is not None and b is not None and a != b:
+            out.append(f"{label} {a!r} here, {b!r} in the retain report")
+    return out
+
+
+def check_retain_report(retain_report: str | os.PathLike | None, forget_dataset=None,
+                        metadata: Mapping[str, Any] | None = None, strict: bool = False) -> dict[str, Any] | None:
     """Load the retain report early and check it matches the forget split to evaluate (``ValueError`` if not).
 
-    Returns None when no path is given or the file does not exist (forget quality will be "unavailable").
+    A different forget split or different sample indices are always an error here (before any evaluation).
+    With ``strict``, a different data source/version (``metadata``: this run's ``source``/``data_version``)
+    is one too (:class:`RetainReportMismatch`); otherwise forget quality ends up "unavailable" with the reason
+    (:func:`forget_quality_entry`). Returns None when no path is given or the file does not exist (forget
+    quality will be "unavailable").
     """
     if retain_report is None or not report_path(retain_report).is_file():
         return None
@@ -121,6 +145,12 @@ def check_retain_report(retain_report: str | os.PathLike | None, forget_dataset=
         trs = forget_truth_ratios(retain, f"retain report {str(retain_report)!r}")
         _check_same_samples(range(len(forget_dataset)), trs, forget_dataset.spec.split,
                             retain["splits"]["forget"].get("split"), repr(str(retain_report)))
+    if strict and metadata is not None:
+        problems = data_mismatches(metadata, retain.get("metadata", {}))
+        if problems:
+            raise RetainReportMismatch(f"The retain report {str(report_path(retain_report))!r} does not match this"
+                                       f" run: {'; '.join(problems)}. Evaluate the retain model on the same data"
+                                       " (strict mode).")
     return retain
 
 
@@ -142,8 +172,13 @@ def _unavailable(reason: str, **extra) -> dict[str, Any]:
     return {"value": None, "available": False, "reason": reason, **extra}
 
 
-def forget_quality_entry(report: Mapping[str, Any], retain_report) -> dict[str, Any]:
-    """``{"value", "available", "reason", "retain_report"}``; a missing retain report is "unavailable"."""
+def forget_quality_entry(report: Mapping[str, Any], retain_report, strict: bool = False) -> dict[str, Any]:
+    """``{"value", "available", "reason", "retain_report"}``; a missing retain report is "unavailable".
+
+    A retain report of other data (source, data version, forget split or sample indices differ) makes forget
+    quality "unavailable" with the reason (``mismatch: True``), or raises :class:`RetainReportMismatch` with
+    ``strict``: a KS test against the wrong retain model gives a meaningless number.
+    """
     if "forget" not in report["splits"]:
         return _unavailable("no forget split was evaluated", retain_report=None)
     if retain_report is None:
@@ -157,13 +192,24 @@ def forget_quality_entry(report: Mapping[str, Any], retain_report) -> dict[str, 
         if not Path(path).is_file():
             return _unavailable(f"retain report {path!r} not found", retain_report=path)
         retain = load_report(path)
-    entry = {"value": forget_quality_from_reports(report, retain), "available": True, "reason": None,
-             "retain_report": path}
-    ours_v, theirs_v = report.get("metadata", {}).get("data_version"), retain.get("metadata", {}).get("data_version")
-    if ours_v and theirs_v and ours_v != theirs_v:
-        entry["warning"] = f"data versions differ: {ours_v!r} here, {theirs_v!r} in the retain report"
+    problems = data_mismatches(report.get("metadata", {}), retain.get("metadata", {}))
+    value = None
+    try:
+        value = forget_quality_from_reports(report, retain)
+    except ValueError as err:  # another forget split or other samples
+        problems.append(str(err))
+    if problems:
+        reason = f"the retain report {path!r} does not match this run: {'; '.join(problems)}"
+        if strict:
+            raise RetainReportMismatch(reason[0].upper() + reason[1:] + ". Evaluate the retain model on the same"
+                                       " data (strict mode).")
+        entry = _unavailable(reason + " (evaluate the retain model on the same data)", retain_report=path,
+                             mismatch=True, warning=reason)
+    else:
+        entry = {"value": value, "available": True, "reason": None, "retain_report": path}
     entry["retain_model"] = retain.get("metadata", {}).get("model")
-    entry["_retain"] = retain  # used for privleak, removed before writing
+    # used for privleak (removed before writing); a retain report of other data gives no privleak either
+    entry["_retain"] = None if problems else retain
     return entry
 
 
@@ -183,11 +229,15 @@ def model_utility_entry(report: Mapping[str, Any]) -> dict[str, Any]:
             "components": components}
 
 
-def finalize_report(results: Mapping[str, Any], metadata: Mapping[str, Any], retain_report=None) -> dict[str, Any]:
-    """Raw evaluator results + metadata -> the full report (forget quality, privleak, model utility, summary)."""
+def finalize_report(results: Mapping[str, Any], metadata: Mapping[str, Any], retain_report=None,
+                    strict: bool = False) -> dict[str, Any]:
+    """Raw evaluator results + metadata -> the full report (forget quality, privleak, model utility, summary).
+
+    ``strict``: a retain report of other data raises instead of making forget quality "unavailable".
+    """
     report: dict[str, Any] = {"format": REPORT_FORMAT, "metadata": dict(metadata), "splits": results["splits"],
                               "mia": {k: dict(v) for k, v in results.get("mia", {}).items()}}
-    fq = forget_quality_entry(report, retain_report)
+    fq = forget_quality_entry(report, retain_report, strict=strict)
     retain = fq.pop("_retain", None)
     report["forget_quality"] = fq
     for score, entry in report["mia"].items():
@@ -195,15 +245,42 @@ def finalize_report(results: Mapping[str, Any], metadata: Mapping[str, Any], ret
         entry["retain_auc"] = retain_auc
         entry["privleak"] = None
         if retain_auc is None:
-            entry["privleak_reason"] = "no retain report with MIA AUCs" if retain is None else "retain report lacks this AUC"
+            entry["privleak_reason"] = ("the retain report does not match this run" if fq.get("mismatch") else
+                                        "no retain report with MIA AUCs" if retain is None else
+                                        "retain report lacks this AUC")
             continue
         try:
             entry["privleak"] = F.privleak(entry["auc"], retain_auc)
         except ValueError as err:
             entry["privleak_reason"] = str(err)
     report["model_utility"] = model_utility_entry(report)
+    if (metadata.get("eval_config") or {}).get("relative_to_retain"):  # EvalConfig.relative_to_retain
+        report["relative_to_retain"] = relative_to_retain_entry(report, retain)
     report["summary"] = summarize(report)
     return report
+
+
+def relative_to_retain_entry(report: Mapping[str, Any], retain: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every split metric relative to the retain model's: ``{"available", "reason", "values": {"split/metric":
+    {"value", "retain_value", "relative_difference"}}}`` with relative difference (v − v_retain) / |v_retain|
+    (``F.relative_difference``; None where v_retain = 0). Needs a retain report of the same data.
+    """
+    if retain is None:
+        return _unavailable("no matching retain report (relative_to_retain compares with the retain model's"
+                            " report of the same data: pass retain_report)", values={})
+    values: dict[str, Any] = {}
+    for key, split in report["splits"].items():
+        theirs = retain.get("splits", {}).get(key, {}).get("metrics", {})
+        for name, value in split["metrics"].items():
+            ref = theirs.get(name)
+            if value is None or ref is None:
+                continue
+            try:
+                rel = F.relative_difference(value, ref)
+            except ValueError:
+                rel = None
+            values[f"{key}/{name}"] = {"value": value, "retain_value": ref, "relative_difference": rel}
+    return {"available": True, "reason": None, "values": values}
 
 
 def summarize(report: Mapping[str, Any]) -> dict[str, Any]:

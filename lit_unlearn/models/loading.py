@@ -5,7 +5,7 @@
 * ``builtin:tiny-llama`` as a model: a freshly initialised tiny Llama sized to the tokenizer.
 * anything else: ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained`` (a local folder or a hub name).
 
-Distributed loading (DESIGN.md §9):
+Distributed loading:
 
 * Lightning calls ``configure_model`` inside a ``torch.device(root_device)`` context (DDP, ZeRO-1/2 on GPUs).
   ``from_pretrained`` then wants ``accelerate`` for a device map; models are therefore always loaded on
@@ -21,6 +21,7 @@ Distributed loading (DESIGN.md §9):
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,10 +49,69 @@ def builtin_tokenizer_dir(source: str, vocab_size: int = DEFAULT_VOCAB_SIZE, see
     return folder
 
 
+#: a Hugging Face hub id: ``name`` or ``namespace/name`` (letters, digits, ``-``, ``_``, ``.``)
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """True for ``name`` / ``namespace/name`` without ``--`` or ``..`` (what the hub accepts as a repo id)."""
+    return bool(HUB_ID.match(name)) and "--" not in name and ".." not in name and not name.endswith(".")
+
+
+def check_model_location(name_or_path: str, what: str = "model_name_or_path") -> None:
+    """Fail early with a message that says what to do when ``name_or_path`` cannot be a model.
+
+    * an existing folder must hold ``config.json`` (models) — its ``*.safetensors`` files are checked to be
+      complete (:func:`check_safetensors_files`);
+    * a path that does not exist and is no plausible hub id (``./x``, ``/abs/x``, ``a/b/c``) → "no such folder"
+      (instead of transformers' "Repo id must be in the form ...");
+    * an existing file (not a folder) is refused with that reason.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if what == "model_name_or_path" and not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{what}: the folder {str(path)!r} has no config.json, so it is not a saved model (expected what"
+                " `save_pretrained` or `lit-unlearn export` writes)."
+            )
+        check_safetensors_files(path)
+        return
+    if path.exists():
+        raise ValueError(f"{what}: {str(path)!r} is a file; give the folder that holds config.json and the weights.")
+    if not looks_like_hub_id(name_or_path):
+        builtin = "'builtin:tofu-mini' for the builtin tokenizer" if what == "tokenizer" else (
+            f"{BUILTIN_MODEL!r} for the builtin tiny model")
+        raise FileNotFoundError(
+            f"{what}: no such folder {name_or_path!r} (and it is not a hub name like 'org/model'). Check the path,"
+            f" or use {builtin}."
+        )
+
+
+def check_safetensors_files(folder: str | Path) -> None:
+    """Raise naming the file when a ``*.safetensors`` file in ``folder`` is corrupt or truncated.
+
+    Only the header is read (``safetensors.safe_open`` checks that the header parses and that the data
+    section covers every tensor it lists), so this is cheap even for large checkpoints.
+    """
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # SafetensorError, OSError ...
+            raise ValueError(
+                f"{str(file)!r} is corrupt or truncated ({err}); the model cannot be loaded. Save or copy it"
+                " again (an interrupted download or copy leaves such a file)."
+            ) from None
+
+
 def load_tokenizer(name_or_path: str, pad_token: str | None = None) -> PreTrainedTokenizerBase:
     """Load a tokenizer; ``pad_token="eos"`` (or any token string) sets a missing pad token explicitly."""
     if is_builtin(name_or_path):
         name_or_path = str(builtin_tokenizer_dir(name_or_path))
+    else:
+        check_model_location(name_or_path, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if pad_token is not None:
         tokenizer.pad_token = tokenizer.eos_token if pad_token == "eos" else pad_token
@@ -59,7 +119,8 @@ def load_tokenizer(name_or_path: str, pad_token: str | None = None) -> PreTraine
 
 
 def check_causal_lm(name_or_path: str) -> None:
-    """Raise a clear error when ``name_or_path`` is not a causal language model."""
+    """Raise a clear error when ``name_or_path`` is not a causal language model (or not a model at all)."""
+    check_model_location(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path)
     causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     saved_as = config.architectures or []
