@@ -5,6 +5,9 @@ fixed before looking at the numbers: the lr with the highest forget quality amon
 utility ≥ 0.75 × the target's (the lowest lr when none does). Prints one row per (objective, lr) and the pick.
 
     python benchmarks/demo_lr_sweep.py [--objectives RMU IdkNLL IdkDPO SimNPO] [--lrs 1e-4 3e-4 1e-3]
+
+A name that is not a demo run (yet) is taken as an objective class with its default arguments, so an objective
+can be swept before it gets its ``ALL_RUNS`` row (e.g. ``--objectives UNDIAL CEU PDU AltPO GRU``).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lit_unlearn.models.loading import builtin_tokenizer_dir
-from lit_unlearn.pipeline import (ALL_RUNS, DemoSettings, cached_finetune, evaluate, retain_config,
+from lit_unlearn.pipeline import (ALL_RUNS, DemoSettings, UnlearnSpec, cached_finetune, evaluate, retain_config,
                                   self_referenced, target_config, unlearn)
 
 UTILITY_KEPT = 0.75
@@ -44,7 +47,7 @@ def main() -> None:
     for name in args.objectives:
         results = []
         for lr in args.lrs:
-            spec = replace(specs[name], lr=lr, mrd=False, geffect=False)
+            spec = replace(specs.get(name) or UnlearnSpec(name, name), lr=lr, mrd=False, geffect=False)
             run_dir = out / f"{name}_lr{lr:g}"
             module, _ = unlearn(spec, target, source, split, run_dir, settings, progress=False)
             report = evaluate(module.model.eval(), target, source, split, run_dir / "eval", settings,

@@ -1,4 +1,4 @@
-"""Every unlearning objective's loss as a pure tensor function (DESIGN.md §5).
+"""Every unlearning objective's loss as a pure tensor function (formula and paper at each function).
 
 Notation (for token ``t`` of sequence ``b``, on the *shifted* tensors of ``tokens.token_logprobs``):
 
@@ -384,6 +384,126 @@ def rmu(hidden: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return per_seq.mean()
 
 
+# ----------------------------------------------------------------------------------------------
+# full-distribution forget losses: UNDIAL, CE-U, PDU's logit-margin flattening
+
+
+def _shifted_answer_logits(logits: Tensor, labels: Tensor, name: str = "logits") -> tuple[Tensor, Tensor]:
+    """The ``(N, V)`` logits predicting each labelled token and the ``(N,)`` targets (shifted convention)."""
+    if not torch.is_tensor(logits) or logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"`{name}` must be a float tensor of shape (B, T, V), got {getattr(logits, 'shape', None)}.")
+    if not torch.is_tensor(labels) or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"`labels` must have shape (B, T) = {tuple(logits.shape[:2])}, got {getattr(labels, 'shape', None)}."
+        )
+    targets = labels[:, 1:]  # (B, T-1)
+    mask = targets != -100
+    if not bool(mask.any()):
+        raise ValueError("`labels` has no valid token: every label is -100 (empty answers?).")
+    rows = logits[:, :-1, :][mask]  # (N, V)
+    return rows.to(torch.promote_types(rows.dtype, torch.float32)), targets[mask]
+
+
+def undial(logits: Tensor, ref_logits: Tensor, labels: Tensor, beta: float = 10.0) -> Tensor:
+    """UNDIAL: self-distillation towards the reference with the target logit lowered by β.
+
+    Dong, Lin, Belkin, Huerta, Vulić (2024), "UNDIAL: Self-Distillation with Adjusted Logits for Robust
+    Unlearning in Large Language Models". For every answer token t with target y_t (shifted convention):
+
+        q_t = softmax(z_ref,t − β · e_{y_t})           (detached teacher: reference logits, target lowered)
+        L   = (1/N) Σ_valid −Σ_v q_t,v · log softmax(z_θ,t)_v
+
+    i.e. the token mean of CE(q_t, p_θ,t) over **answer tokens only** (prompt and padding positions are
+    excluded; some implementations average over every position of the sequence). β = 0 distils the
+    reference unchanged. Naive equivalent::
+
+        for each valid (b, t): z = ref_logits[b, t].clone(); z[y] -= beta
+                               loss += -(softmax(z) * log_softmax(logits[b, t])).sum()
+        loss /= N
+    """
+    _check_non_negative("beta", beta)
+    if not torch.is_tensor(ref_logits) or ref_logits.shape != getattr(logits, "shape", None):
+        raise ValueError(
+            f"`ref_logits` must have the shape of `logits` {tuple(getattr(logits, 'shape', ()))}, got "
+            f"{getattr(ref_logits, 'shape', None)}."
+        )
+    rows, targets = _shifted_answer_logits(logits, labels)
+    ref_rows, _ = _shifted_answer_logits(ref_logits.detach(), labels, "ref_logits")
+    adjusted = ref_rows.to(rows.dtype).scatter_add(
+        -1, targets.unsqueeze(-1), torch.full((targets.numel(), 1), -float(beta), dtype=rows.dtype, device=rows.device)
+    )
+    soft = F.softmax(adjusted, dim=-1)  # (N, V), no grad
+    return -(soft * F.log_softmax(rows, dim=-1)).sum(dim=-1).mean()
+
+
+def ceu(logits: Tensor, labels: Tensor) -> Tensor:
+    """CE-U, the "unlearning" cross-entropy: CE to the model's own distribution with the target removed.
+
+    Yang (2025), "CE-U: Cross Entropy Unlearning". For every answer token t with target y_t:
+
+        q_t = softmax(stopgrad(z_t) with z_t,y_t = −∞)    (= p_t,v / (1 − p_t,y) for v ≠ y, 0 at y)
+        L   = (1/N) Σ_valid −Σ_v q_t,v · log p_θ,t,v       (closed form: H(q_t) − log(1 − p_t,y))
+
+    Its gradient with respect to the logits is p_t − q_t: at y it is p_t,y, which stays bounded where gradient
+    ascent's (p_t,y − 1) / p_t,y explodes. Naive equivalent::
+
+        for each valid (b, t): z = logits[b, t].detach().clone(); z[y] = -inf
+                               loss += -(softmax(z) * log_softmax(logits[b, t])).sum()
+        loss /= N
+    """
+    rows, targets = _shifted_answer_logits(logits, labels)
+    target_logits = rows.detach().scatter(-1, targets.unsqueeze(-1), float("-inf"))
+    soft = F.softmax(target_logits, dim=-1)  # (N, V), exactly 0 at the target
+    logq = F.log_softmax(rows, dim=-1)
+    return -(soft * logq.masked_fill(soft == 0, 0.0)).sum(dim=-1).mean()
+
+
+def logit_margin_flattening(logits: Tensor, labels: Tensor) -> Tensor:
+    """PDU's forget loss: the squared gap between the largest and the mean logit, answer tokens only.
+
+    Entesari, Hatami, Khaziev, Ramakrishna, Fazlyab (2025), "Constrained Entropic Unlearning: A Primal-Dual
+    Framework for Large Language Models":
+
+        L = (1/N) Σ_valid (max_v z_t,v − (1/V) Σ_v z_t,v)²
+
+    Zero exactly when every logit is equal, i.e. the next-token distribution is uniform (maximum entropy),
+    without a softmax (so its gradient does not vanish as the distribution flattens). Positions are the
+    logits that predict answer tokens (shifted convention). Naive equivalent::
+
+        loss = mean over valid (b, t) of (logits[b, t].max() - logits[b, t].mean()) ** 2
+    """
+    rows, _ = _shifted_answer_logits(logits, labels)
+    return (rows.max(dim=-1).values - rows.mean(dim=-1)).pow(2).mean()
+
+
+def altpo(
+    logp_alt: Tensor,
+    ref_logp_alt: Tensor,
+    mask_alt: Tensor,
+    logp_forget: Tensor,
+    ref_logp_forget: Tensor,
+    mask_forget: Tensor,
+    beta: float = 0.1,
+    alt_weight: float = 1.0,
+) -> Tensor:
+    """AltPO: DPO preferring a self-generated alternate answer over the forget answer, plus its NLL.
+
+    Mekala, Dorna, Dubey, Lalwani, Koleczek, Rungta, Hasan, Lobo (2024), "Alternate Preference Optimization
+    for Unlearning Factual Knowledge in Large Language Models":
+
+        r_b = [log π_θ − log π_ref](ỹ_b) − [log π_θ − log π_ref](y_b)     (summed answer log-probs)
+        L   = (2/β) · mean_b softplus(−β · r_b)  +  w · NLL_mean(ỹ)
+
+    the preference term (negative feedback on y, relative positive feedback on ỹ) plus the in-domain positive
+    term, w = ``alt_weight`` (0 keeps the preference term only). At θ = ref the first term is 2·ln2/β.
+    """
+    _check_non_negative("alt_weight", alt_weight)
+    preference = idk_dpo(logp_alt, ref_logp_alt, mask_alt, logp_forget, ref_logp_forget, mask_forget, beta=beta)
+    if alt_weight == 0:
+        return preference
+    return preference + alt_weight * nll(logp_alt, mask_alt)
+
+
 __all__ = [
     "nll",
     "ga",
@@ -402,4 +522,8 @@ __all__ = [
     "kl_retain",
     "rmu",
     "rmu_control_vector",
+    "undial",
+    "ceu",
+    "logit_margin_flattening",
+    "altpo",
 ]
