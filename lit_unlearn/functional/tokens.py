@@ -1,6 +1,6 @@
 """Token-level log-probabilities and the reductions every loss and metric is built on.
 
-Convention (DESIGN.md §5): ``labels`` are the model inputs with ``-100`` on prompt and padding
+Convention (Hugging Face causal LMs): ``labels`` are the model inputs with ``-100`` on prompt and padding
 positions. Position ``t`` of the *shifted* tensors holds the log-probability of token ``t+1`` given
 tokens ``<= t``, so ``logp`` and ``mask`` have shape ``(B, T-1)``.
 """
@@ -11,13 +11,26 @@ from torch import Tensor
 
 IGNORE_INDEX = -100
 
+#: Bytes of the float32 (float64 for float64 logits) copy of the ``(B, T-1, V)`` logits above which
+#: :func:`token_logprobs` works in chunks instead of upcasting the whole tensor at once (256 MiB; e.g. batch 8
+#: × 512 tokens at a 16k vocabulary). Override by assigning ``tokens.LOGPROB_MEMORY_BOUND`` or per call
+#: (``max_bytes=``). Below the bound the computation is exactly the unchunked one (bit-identical results).
+LOGPROB_MEMORY_BOUND: int = 256 * 2**20
+#: Bytes of the upcast copy of one chunk of rows in the chunked path (``chunk_bytes=`` per call).
+LOGPROB_CHUNK_BYTES: int = 32 * 2**20
 
-def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+
+def token_logprobs(logits: Tensor, labels: Tensor, max_bytes: int | None = None,
+                   chunk_bytes: int | None = None) -> tuple[Tensor, Tensor]:
     """Per-token log p(y_t | y_<t) of the labelled tokens.
 
     Args:
         logits: ``(B, T, V)`` model outputs.
         labels: ``(B, T)`` target ids, ``-100`` where no loss is taken.
+        max_bytes: memory bound of the upcast copy (default :data:`LOGPROB_MEMORY_BOUND`); when the whole
+            ``(B, T-1, V)`` copy would exceed it, :func:`chunked_label_logprobs` computes the same values
+            with extra memory bounded by ``chunk_bytes`` (default :data:`LOGPROB_CHUNK_BYTES`), forward and
+            backward.
 
     Returns:
         ``logp`` ``(B, T-1)`` (0 where masked) and ``mask`` ``(B, T-1)`` bool. ``logp`` is float32 for
@@ -27,6 +40,14 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
         logp[b, t] = log_softmax(logits[b, t].float())[labels[b, t + 1]]
     """
+    itemsize = 8 if logits.dtype == torch.float64 else 4
+    bound = LOGPROB_MEMORY_BOUND if max_bytes is None else max_bytes
+    if logits.shape[0] * max(logits.shape[1] - 1, 0) * logits.shape[-1] * itemsize > bound:
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        logp = chunked_label_logprobs(logits, targets.masked_fill(~mask, 0),
+                                      LOGPROB_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+        return logp.masked_fill(~mask, 0.0), mask
     logits = logits[:, :-1, :]  # (B, T-1, V)
     if logits.dtype != torch.float64:
         logits = logits.float()  # log-softmax of bf16/fp16 logits is computed in float32
@@ -36,6 +57,70 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     picked = logits.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
     logp = picked - torch.logsumexp(logits, dim=-1)
     return logp.masked_fill(~mask, 0.0), mask
+
+
+class _ChunkedLabelLogprob(torch.autograd.Function):
+    """log_softmax(logits[b, t])[targets[b, t]] for t < T-1, a chunk of rows at a time (see
+    :func:`chunked_label_logprobs`). Backward: ∂/∂logits[b, t] = g[b, t] · (onehot(y) − softmax(logits[b, t])),
+    the softmax recomputed per chunk from the saved (un-upcast) logits and the saved logsumexp."""
+
+    @staticmethod
+    def forward(logits: Tensor, targets: Tensor, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
+        B, T, V = logits.shape
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        flat = logits.reshape(B * T, V)  # a view of contiguous logits
+        flat_targets = torch.cat([targets, targets.new_zeros(B, 1)], dim=1).reshape(B * T, 1)  # last: unused
+        picked, lse = [], []
+        for start in range(0, B * T, rows_per_chunk):
+            rows = flat[start:start + rows_per_chunk].to(dtype)  # (n, V): the only upcast copy
+            norm = torch.logsumexp(rows, dim=-1)
+            picked.append(rows.gather(-1, flat_targets[start:start + rows_per_chunk]).squeeze(-1) - norm)
+            lse.append(norm)
+        logp = torch.cat(picked).reshape(B, T)[:, :-1]
+        return logp, torch.cat(lse).reshape(B, T)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        logits, targets, rows_per_chunk = inputs
+        ctx.save_for_backward(logits, targets, output[1])
+        ctx.rows_per_chunk = rows_per_chunk
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp: Tensor, _grad_lse: Tensor | None):
+        logits, targets, lse = ctx.saved_tensors
+        B, T, V = logits.shape
+        dtype = lse.dtype
+        grad = torch.empty((B * T, V), dtype=logits.dtype, device=logits.device)
+        g = torch.cat([grad_logp.to(dtype), grad_logp.new_zeros(B, 1, dtype=dtype)], dim=1).reshape(B * T, 1)
+        flat, flat_lse = logits.reshape(B * T, V), lse.reshape(B * T, 1)
+        flat_targets = torch.cat([targets, targets.new_zeros(B, 1)], dim=1).reshape(B * T, 1)
+        step = ctx.rows_per_chunk
+        for start in range(0, B * T, step):
+            stop = start + step
+            d = torch.exp(flat[start:stop].to(dtype) - flat_lse[start:stop]).mul_(-g[start:stop])  # −g · softmax
+            d.scatter_add_(-1, flat_targets[start:stop], g[start:stop])  # + g · onehot(y)
+            grad[start:stop] = d
+        return grad.reshape(B, T, V), None, None
+
+
+def chunked_label_logprobs(logits: Tensor, targets: Tensor, chunk_bytes: int = 32 * 2**20) -> Tensor:
+    """``(B, T-1)`` log-softmax of ``logits[:, :-1]`` at ``targets`` (``(B, T-1)``, valid ids), in chunks.
+
+    Same values as the unchunked ``gather − logsumexp`` of :func:`token_logprobs`, but the float32
+    (float64) upcast exists for ``chunk_bytes`` of rows at a time, in the forward and in the backward pass
+    (which recomputes each chunk's softmax from the saved logits and logsumexp: one extra exp per element).
+    Memory beyond the inputs: the ``(B, T)`` outputs, one chunk, and the gradient of ``logits`` itself
+    (in the logits' dtype). Once differentiable (no double backward).
+
+    Naive equivalent::
+
+        logp[b, t] = logits[b, t].float()[targets[b, t]] - logsumexp(logits[b, t].float())
+    """
+    itemsize = 8 if logits.dtype == torch.float64 else 4
+    rows = max(1, int(chunk_bytes) // (logits.shape[-1] * itemsize))
+    return _ChunkedLabelLogprob.apply(logits.contiguous(), targets, rows)[0]
 
 
 def precise_token_logprobs(logits: Tensor, labels: Tensor, dense: bool = False) -> tuple[Tensor, Tensor]:
