@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-#: the evaluation splits of the TOFU suite: key -> default split name (DESIGN.md §3)
+#: the evaluation splits of the TOFU suite: key -> default split name (TOFU's, Maini et al., 2024)
 DEFAULT_EVAL_SPLITS: dict[str, str] = {
     "forget": "forget10_perturbed",
     "retain": "retain_perturbed",
@@ -18,6 +18,14 @@ DEFAULT_EVAL_SPLITS: dict[str, str] = {
 }
 EVAL_KEYS = tuple(DEFAULT_EVAL_SPLITS)
 MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
+#: optional extra metrics (``EvalConfig.metric_variants``), each reported under its name beside the defaults:
+#: name -> what it is. ROUGE variants use rouge_score with the stemmer, like ``rouge_l_recall``.
+METRIC_VARIANTS: dict[str, str] = {
+    "truth_ratio_prob_mean": "mean c/(c+w) = mean 1/(1+TR) (splits with a truth ratio)",
+    "rouge1_recall": "ROUGE-1 recall of the greedy generation",
+    "rouge1_f1": "ROUGE-1 F1 of the greedy generation",
+    "rouge_l_f1": "ROUGE-L F1 of the greedy generation",
+}
 
 
 @dataclass
@@ -39,6 +47,10 @@ class EvalConfig:
         write_report: write the files (rank 0 only).
         plots: write PNG plots next to the report.
         store_generations: keep the decoded greedy generations per sample in ``report.json``.
+        metric_variants: extra metrics from :data:`METRIC_VARIANTS` (default none: the report is unchanged);
+            the ROUGE ones need ``generation``.
+        relative_to_retain: add ``relative_to_retain`` to the report: every split metric's
+            (value − retain value) / |retain value| against the matching ``retain_report``.
     """
 
     max_new_tokens: int = 200
@@ -52,6 +64,8 @@ class EvalConfig:
     write_report: bool = True
     plots: bool = True
     store_generations: bool = True
+    metric_variants: list[str] | None = None
+    relative_to_retain: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -66,6 +80,16 @@ class EvalConfig:
             unknown = sorted(set(self.el_splits) - set(EVAL_KEYS))
             if unknown:
                 raise ValueError(f"el_splits: unknown split keys {unknown}; choose from {list(EVAL_KEYS)}.")
+        if self.metric_variants is not None:
+            unknown = sorted(set(self.metric_variants) - set(METRIC_VARIANTS))
+            if unknown:
+                raise ValueError(f"metric_variants: unknown names {unknown}; choose from {list(METRIC_VARIANTS)}.")
+            rouge = [v for v in self.metric_variants if v.startswith("rouge")]
+            if rouge and not self.generation:
+                raise ValueError(f"metric_variants {rouge} need greedy generations: set generation=True.")
+
+    def variant_enabled(self, name: str) -> bool:
+        return bool(self.metric_variants) and name in self.metric_variants
 
     def el_enabled(self, key: str) -> bool:
         if self.el_splits is None:

@@ -1,6 +1,6 @@
-"""Every evaluation metric's math as pure functions (DESIGN.md §6). No models, no Lightning.
+"""Every evaluation metric's math as pure functions. No models, no Lightning.
 
-Token conventions (DESIGN.md §6): "answer tokens" are the labelled tokens (``labels != -100``).
+Token conventions: "answer tokens" are the labelled tokens (``labels != -100``).
 Likelihood metrics (probability, truth ratio, LOSS/ZLib scores, perplexity) include the final EOS;
 *tokenwise* metrics (memorization accuracy, extraction strength, Min-K%, Min-K%++) exclude it by
 default (``exclude_last=True`` drops the last labelled token of every row).
@@ -9,17 +9,19 @@ default (``exclude_last=True`` drops the last labelled token of every row).
 
 References:
     TOFU (Maini et al., 2024): truth ratio, forget quality, model utility, ROUGE-L recall, probability.
-    MRD (paper 002, §5.2): memorization accuracy (Tirumala et al., 2022), extraction likelihood
-    (Jang et al., 2023), unlearning accuracy = 1 - MA.
+    MRD (Feng et al., 2025, *A Neuro-Inspired Interpretation of Unlearning in Large Language Models
+    through Sample-Level Unlearning Difficulty*, §5.2): memorization accuracy (Tirumala et al., 2022),
+    extraction likelihood (Jang et al., 2023), unlearning accuracy = 1 - MA.
     Min-K% Prob (Shi et al., 2023), Min-K%++ (Zhang et al., 2024), ZLib (Carlini et al., 2021),
-    extraction strength (DESIGN.md §6), privleak (MUSE, Shi et al., 2024).
+    extraction strength (ES = 1 − k*/N, k* the shortest answer prefix from which greedy decoding
+    reproduces the rest), privleak (MUSE, Shi et al., 2024).
 """
 from __future__ import annotations
 
 import math
 import zlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -31,7 +33,7 @@ from lit_unlearn.functional.tokens import (
     sequence_nll_sum,
 )
 
-TruthRatioSplit = Literal["forget", "other"]
+TruthRatioSplit = Literal["forget", "other", "prob_mean"]
 
 
 # ----------------------------------------------------------------------------- validation helpers
@@ -114,7 +116,7 @@ def truth_ratio(correct_avg_nll: Tensor, perturbed_avg_nll: Tensor) -> Tensor:
 
     c_i = exp(−avgNLL(correct_i)), w_i = exp(−mean_j avgNLL(perturbed_ij)), so
     TR_i = exp(avgNLL(correct_i) − mean_j avgNLL(perturbed_ij)). "Correct" is the paraphrased answer on
-    forget/retain and the answer itself on real-authors/world-facts (DESIGN.md §6).
+    forget/retain and the answer itself on real-authors/world-facts (as in TOFU).
     """
     _check_correct_perturbed(correct_avg_nll, perturbed_avg_nll, "truth_ratio")
     return torch.exp(correct_avg_nll.float() - perturbed_avg_nll.float().mean(dim=-1))
@@ -123,13 +125,18 @@ def truth_ratio(correct_avg_nll: Tensor, perturbed_avg_nll: Tensor) -> Tensor:
 def truth_ratio_score(tr: Tensor, split: TruthRatioSplit = "forget") -> Tensor:
     """Per-sample TOFU truth-ratio statistic: ``min(TR, 1/TR)`` on ``"forget"``, ``max(0, 1 − TR)`` otherwise.
 
-    The split's aggregate is the mean of these values.
+    ``"prob_mean"`` (any split) gives c/(c+w) = 1/(1 + TR), the aggregator that reports the mean
+    probability mass of the correct answer against the perturbed ones (open-unlearning's third truth-ratio
+    aggregate). Naive equivalent: ``[c / (c + w) for c, w in pairs]``. The split's aggregate is the mean of
+    these values.
     """
     if split == "forget":
         return torch.minimum(tr, 1.0 / tr)
     if split == "other":
         return (1.0 - tr).clamp_min(0.0)
-    raise ValueError(f"split must be 'forget' or 'other', got {split!r}")
+    if split == "prob_mean":
+        return 1.0 / (1.0 + tr)
+    raise ValueError(f"split must be 'forget', 'other' or 'prob_mean', got {split!r}")
 
 
 def normalized_probability(correct_avg_nll: Tensor, perturbed_avg_nll: Tensor) -> Tensor:
@@ -158,7 +165,7 @@ def memorization_accuracy(logits: Tensor, labels: Tensor, exclude_last: bool = T
     """MA_b = (1/N_b) Σ_t 1[argmax p(·|y_<t) = y_t] over answer tokens: ``(B, T, V), (B, T) -> (B,)``.
 
     MRD paper §5.2 (Tirumala et al., 2022), teacher forced. ``exclude_last`` drops the final labelled
-    token (the EOS) so MA counts only the answer's own tokens (DESIGN.md §6 token conventions).
+    token (the EOS) so MA counts only the answer's own tokens (the module's token conventions).
     """
     _check_logits_labels(logits, labels)
     mask = tokenwise_mask(labels, exclude_last)  # (B, T-1)
@@ -286,7 +293,7 @@ def min_k_score(logp: Tensor, mask: Tensor, k: float = 0.4, exclude_last: bool =
     """Min-K% Prob score −mean of the lowest max(1, ⌊k·n⌋) token log-probs (Shi et al., 2023): ``(B,)``.
 
     Negated so that higher = less likely member (like :func:`loss_score`). ``exclude_last`` drops the
-    final labelled token (EOS), the tokenwise convention of DESIGN.md §6.
+    final labelled token (EOS), the tokenwise convention (see the module docstring).
     """
     _check_logp_mask(logp, mask)
     _check_k(k)
@@ -395,3 +402,48 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> lis
 
         _ROUGE_SCORER = RougeScorer(["rougeL"], use_stemmer=True)
     return [_ROUGE_SCORER.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)]
+
+
+ROUGE_TYPES = ("rouge1", "rougeL")
+ROUGE_MEASURES = ("recall", "precision", "f1")
+_ROUGE_SCORERS: dict[tuple[str, bool], Any] = {}
+
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[str], rouge_type: str = "rougeL",
+                 measure: str = "recall", use_stemmer: bool = True) -> list[float]:
+    """ROUGE-1 or ROUGE-L recall, precision or F1 of each prediction against its reference (``rouge_score``).
+
+    With m the unigram overlap (ROUGE-1: Σ_w min(count_pred(w), count_ref(w))) or the LCS length (ROUGE-L)
+    on rouge_score's tokenisation: recall = m/|ref|, precision = m/|pred|, F1 = 2·P·R/(P + R) (0 when
+    P + R = 0). Lin, 2004, *ROUGE: A Package for Automatic Evaluation of Summaries*.
+    ``rouge_type="rougeL", measure="recall", use_stemmer=True`` equals :func:`rouge_l_recall` (TOFU's);
+    MUSE's own evaluation uses ``rougeL`` F1 without stemmer (see ``functional.muse``).
+    """
+    if rouge_type not in ROUGE_TYPES:
+        raise ValueError(f"rouge_type must be one of {ROUGE_TYPES}, got {rouge_type!r}")
+    if measure not in ROUGE_MEASURES:
+        raise ValueError(f"measure must be one of {ROUGE_MEASURES}, got {measure!r}")
+    if len(predictions) != len(references):
+        raise ValueError(f"rouge_scores: {len(predictions)} predictions but {len(references)} references")
+    key = (rouge_type, bool(use_stemmer))
+    if key not in _ROUGE_SCORERS:
+        from rouge_score.rouge_scorer import RougeScorer
+
+        _ROUGE_SCORERS[key] = RougeScorer([rouge_type], use_stemmer=bool(use_stemmer))
+    scorer = _ROUGE_SCORERS[key]
+    field = "fmeasure" if measure == "f1" else measure
+    return [getattr(scorer.score(ref, pred)[rouge_type], field) for pred, ref in zip(predictions, references)]
+
+
+def relative_difference(value: float, reference: float) -> float:
+    """(value − reference) / |reference|: the change of a metric relative to a reference model's value.
+
+    E.g. the unlearned model's retain KnowMem relative to the target model's (MUSE's utility preservation)
+    or any metric relative to the retain model's. Multiply by 100 for a percentage. Raises when the
+    reference is 0 or either value is not finite (the ratio is undefined).
+    """
+    if not math.isfinite(value) or not math.isfinite(reference):
+        raise ValueError(f"relative_difference needs finite values, got value={value}, reference={reference}")
+    if reference == 0:
+        raise ValueError("relative_difference is undefined for reference = 0")
+    return (value - reference) / abs(reference)

@@ -1,4 +1,4 @@
-"""Generation metrics: ROUGE-L recall and extraction likelihood (on greedy generations)."""
+"""Generation metrics: ROUGE-L recall, ROUGE-1/ROUGE-L variants and extraction likelihood (on greedy generations)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,6 +29,41 @@ class RougeLRecall(PerSampleMetric):
     def update(self, predictions: Sequence[str], references: Sequence[str], index: Tensor | None = None) -> None:
         """Add decoded generations and their reference answers."""
         self._append(torch.tensor(F.rouge_l_recall(predictions, references), dtype=torch.float32), index)
+
+
+class Rouge(PerSampleMetric):
+    """Mean ROUGE-1 / ROUGE-L recall, precision or F1 of generations against references
+    (``functional.metrics.rouge_scores``). ``higher_is_better=True``.
+
+    Args:
+        rouge_type: ``"rouge1"`` or ``"rougeL"``.
+        measure: ``"recall"``, ``"precision"`` or ``"f1"``.
+        use_stemmer: Porter stemming in rouge_score's tokenizer (TOFU: on; MUSE's own code: off).
+
+    Example:
+        >>> from lit_unlearn.metrics import Rouge
+        >>> metric = Rouge("rougeL", "f1")
+        >>> metric.update(["the cat sat"], ["the cat sat on the mat"])
+        >>> round(float(metric.compute()), 4)  # P = 1, R = 0.5
+        0.6667
+    """
+
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, rouge_type: str = "rougeL", measure: str = "recall", use_stemmer: bool = True,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if rouge_type not in F.ROUGE_TYPES:
+            raise ValueError(f"rouge_type must be one of {F.ROUGE_TYPES}, got {rouge_type!r}")
+        if measure not in F.ROUGE_MEASURES:
+            raise ValueError(f"measure must be one of {F.ROUGE_MEASURES}, got {measure!r}")
+        self.rouge_type, self.measure, self.use_stemmer = rouge_type, measure, bool(use_stemmer)
+
+    def update(self, predictions: Sequence[str], references: Sequence[str], index: Tensor | None = None) -> None:
+        """Add decoded generations and their reference texts."""
+        values = F.rouge_scores(predictions, references, self.rouge_type, self.measure, self.use_stemmer)
+        self._append(torch.tensor(values, dtype=torch.float32), index)
 
 
 class ExtractionLikelihood(PerSampleMetric):

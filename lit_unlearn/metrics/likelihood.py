@@ -1,4 +1,4 @@
-"""Likelihood metrics: probability, truth ratio, forget quality, perplexity (DESIGN.md §6)."""
+"""Likelihood metrics: probability, truth ratio, forget quality, perplexity (TOFU, Maini et al., 2024)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -43,8 +43,9 @@ class TruthRatio(PerSampleMetric):
     """TOFU truth ratio TR_i = w_i / c_i, aggregated per split.
 
     ``split="forget"``: mean min(TR, 1/TR); ``split="other"`` (retain, real-authors, world-facts):
-    mean max(0, 1 − TR). ``value_by_index()`` returns the raw per-sample TR_i (what a retain model's
-    report stores for later forget-quality computations).
+    mean max(0, 1 − TR); ``split="prob_mean"`` (any split): mean c/(c+w) = mean 1/(1 + TR).
+    ``value_by_index()`` returns the raw per-sample TR_i (what a retain model's report stores for later
+    forget-quality computations).
 
     Example:
         >>> import math, torch
@@ -64,8 +65,8 @@ class TruthRatio(PerSampleMetric):
 
     def __init__(self, split: F.TruthRatioSplit = "forget", **kwargs) -> None:
         super().__init__(**kwargs)
-        if split not in ("forget", "other"):
-            raise ValueError(f"split must be 'forget' or 'other', got {split!r}")
+        if split not in ("forget", "other", "prob_mean"):
+            raise ValueError(f"split must be 'forget', 'other' or 'prob_mean', got {split!r}")
         self.split = split
 
     def update(self, correct_avg_nll: Tensor, perturbed_avg_nll: Tensor, index: Tensor | None = None) -> None:
@@ -75,6 +76,13 @@ class TruthRatio(PerSampleMetric):
     def compute(self) -> Tensor:
         """The split's aggregate of the per-sample truth ratios."""
         return F.truth_ratio_score(self._per_sample()[1], self.split).mean()
+
+    def value_by_index(self) -> dict[int, float]:
+        """Per-sample raw TR_i; with ``split="prob_mean"`` the per-sample c/(c+w) = 1/(1 + TR_i) instead."""
+        values = super().value_by_index()
+        if self.split == "prob_mean":
+            return {i: 1.0 / (1.0 + v) for i, v in values.items()}
+        return values
 
 
 class ForgetQuality(TruthRatio):

@@ -1,6 +1,6 @@
 """Tokenwise memorization metrics: memorization accuracy, unlearning accuracy, extraction strength.
 
-All exclude the final labelled token (the EOS) by default, the tokenwise convention of DESIGN.md §6.
+All exclude the final labelled token (the EOS) by default, the tokenwise convention of ``lit_unlearn.functional.metrics``.
 """
 from __future__ import annotations
 
