@@ -1,4 +1,4 @@
-"""G-effect curves of GA, NPO, WGA, TNPO and SatImp on the builtin setup (paper 001's comparison).
+"""G-effect curves of GA, NPO, WGA, TNPO and SatImp on the builtin setup (the comparison of Wang et al., 2025, Rethinking LLM Unlearning Objectives: A Gradient Perspective).
 
 Every objective unlearns forget10 from the same cached target model for the same number of steps; a
 ``GEffectMonitor`` measures, before each optimizer step, the unlearning G-effect e_u = ⟨∇R_forget, ∇L⟩ and

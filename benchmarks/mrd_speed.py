@@ -1,4 +1,4 @@
-"""MRD scoring speed and rank agreement, all ratios measured in one run (DESIGN.md §10).
+"""MRD scoring speed and rank agreement, all ratios measured in one run.
 
     python benchmarks/mrd_speed.py            # default: random-init tiny Llama, ~2 min on 2 CPU cores
     python benchmarks/mrd_speed.py --quick    # smoke run, seconds

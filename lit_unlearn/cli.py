@@ -1,9 +1,11 @@
-"""The ``lit-unlearn`` command.
+"""The ``lit-unlearn`` command (``lit-unlearn --help`` lists the commands without importing Lightning).
 
-* ``lit-unlearn fit|validate|test --config ...`` — LightningCLI: every module under
-  :mod:`lit_unlearn.objectives` is selectable by short name (``--model NPO``), every datamodule under
-  :mod:`lit_unlearn.data` too (``--data UnlearningDataModule``); ``data.tokenizer`` is linked to
-  ``model.tokenizer`` so the two always agree.
+* ``lit-unlearn fit|validate|test --config ...`` — LightningCLI (:mod:`lit_unlearn.lightning_cli`): every
+  module under :mod:`lit_unlearn.objectives` is selectable by short name (``--model NPO``), every datamodule
+  under :mod:`lit_unlearn.data` too (``--data UnlearningDataModule``); ``data.tokenizer`` is linked to
+  ``model.tokenizer`` so the two always agree. ``--model my_module.Class`` imports from the working directory;
+  installed packages add objectives through the ``lit_unlearn.objectives`` entry points
+  (:mod:`lit_unlearn.registry`); ``fit --model NPO --help`` prints that objective's parameters.
 * ``lit-unlearn demo`` — the embedded-default pipeline (see :mod:`lit_unlearn.pipeline`).
 * ``lit-unlearn report RUN1 RUN2 ... --out DIR`` — compare evaluation reports (table + UC-vs-UT scatter).
 * ``lit-unlearn export --ckpt_path CKPT --out DIR`` — a Hugging Face folder from a checkpoint file or a
@@ -11,53 +13,153 @@
 """
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass
 
-from lightning.pytorch.cli import LightningCLI
+# Stdlib only at import time: `lit-unlearn --help` must not import Lightning or transformers (seconds). The
+# Lightning commands live in lit_unlearn.lightning_cli (UnlearnCLI, lightning_cli: edit them there), the other
+# commands in the modules named by COMMANDS; each is imported when its command runs.
 
-import lit_unlearn.data  # noqa: F401  (registers the datamodules for short names)
-import lit_unlearn.objectives  # noqa: F401  (registers the objectives for short names)
-from lit_unlearn.data.tofu import TOFUDataModule
-from lit_unlearn.objectives.lm import CausalLMModule
-
-EXTRA_COMMANDS = ("demo", "report", "export")
-
-
-class UnlearnCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
+PROG = "lit-unlearn"
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
-def lightning_cli(args: list[str] | None = None, run: bool = True) -> UnlearnCLI:
-    return UnlearnCLI(
-        CausalLMModule,
-        TOFUDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, a one-line summary, and ``module:function(argv)`` (None: a LightningCLI one)."""
+
+    name: str
+    summary: str
+    target: str | None = None
+
+
+#: every subcommand, in the order the help lists them (a new one, e.g. ``attack``, is one more entry)
+COMMANDS: tuple[Command, ...] = (
+    Command("fit", "train or unlearn: a model (--model OBJECTIVE) on a datamodule (--data), set by --config YAML"),
+    Command("validate", "evaluate a model on the TOFU suite in a validation loop (report.json, report.md)"),
+    Command("test", "the same evaluation in a test loop"),
+    Command("demo", "the builtin end-to-end run: data, target and retain models, unlearning, evaluation, report",
+            "lit_unlearn.pipeline:demo_main"),
+    Command("report", "compare the report.json of several runs: a table and a utility-vs-forgetting scatter",
+            "lit_unlearn.evaluation.cli:report_main"),
+    Command("export", "write a Hugging Face folder from a Lightning checkpoint or a DeepSpeed ZeRO checkpoint",
+            "lit_unlearn.export:export_main"),
+)
+EXTRA_COMMANDS = tuple(c.name for c in COMMANDS if c.target is not None)
+
+
+def __getattr__(name: str):
+    # `from lit_unlearn.cli import lightning_cli, UnlearnCLI` keeps working (imports Lightning on first use)
+    if name in ("UnlearnCLI", "lightning_cli"):
+        from lit_unlearn import lightning_cli as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'lit_unlearn.cli' has no attribute {name!r}")
+
+
+def top_level_help() -> str:
+    """The text of ``lit-unlearn --help`` (built without importing Lightning)."""
+    from lit_unlearn import __version__
+    from lit_unlearn.registry import ENTRY_POINT_GROUP
+
+    width = max(len(c.name) for c in COMMANDS)
+    commands = "\n".join(f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS)
+    return f"""{PROG}: machine unlearning for LLMs on PyTorch Lightning (lit_unlearn {__version__})
+
+usage: {PROG} COMMAND [OPTIONS]
+
+commands:
+{commands}
+
+help:
+  {PROG} COMMAND --help                 the options of one command
+  {PROG} fit --model NPO --help         the parameters of one objective (same as: fit --model.help NPO)
+  {PROG} fit --config configs/tofu_mini/unlearn.yaml --print_config    the full resolved configuration
+  negative numbers: --model.init_args.lr=-1e-3 (the separate form --model.init_args.lr -1e-3 works too)
+
+objectives (--model NAME): the classes of lit_unlearn.objectives (GA, GradDiff, NPO, SimNPO, IdkDPO, RMU, ...),
+  your own as --model my_module.MyObjective (my_module.py in the current directory or on PYTHONPATH), or
+  any installed package's objectives registered under the entry-point group '{ENTRY_POINT_GROUP}'.
+
+curves: the shipped configs log train/* and eval/* to DEFAULT_ROOT_DIR/lightning_logs/version_N/metrics.csv;
+  plot them with: python -m lit_unlearn.utils.curves DEFAULT_ROOT_DIR --out curves.png
+"""
+
+
+def objective_help_argv(argv: list[str]) -> list[str] | None:
+    """``fit --model NPO --help`` -> ``fit --model.help NPO`` (LightningCLI's help on one class's init
+    parameters); None when ``argv`` asks for no help or names no ``--model``. A ``--model`` YAML file is
+    replaced by its ``class_path``."""
+    if not argv or argv[0] not in LIGHTNING_COMMANDS or not any(a in ("-h", "--help") for a in argv[1:]):
+        return None
+    model = None
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--model" and i + 1 < len(argv):
+            model = argv[i + 1]
+        elif arg.startswith("--model="):
+            model = arg.split("=", 1)[1]
+    if not model:
+        return None
+    if model.endswith((".yaml", ".yml")) and os.path.isfile(model):
+        import yaml
+
+        with open(model, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)
+        if not (isinstance(loaded, dict) and isinstance(loaded.get("class_path"), str)):
+            return None
+        model = loaded["class_path"]
+    return [argv[0], "--model.help", model]
+
+
+def make_cwd_importable() -> None:
+    """Append the working directory to ``sys.path`` (as ``python -m`` puts it first), so ``--model
+    my_module.Class`` finds ``./my_module.py`` from the console script too. Appended, so a local file cannot
+    shadow an installed package."""
+    cwd = os.getcwd()
+    if "" not in sys.path and not any(os.path.abspath(p or ".") == cwd for p in sys.path):
+        sys.path.append(cwd)
+
+
+def _call(target: str, argv: list[str]):
+    import importlib
+
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
-        from lit_unlearn.pipeline import demo_main
-
-        demo_main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help())
         return
-    if argv and argv[0] == "report":
-        from lit_unlearn.evaluation.cli import report_main
+    if argv[0] in ("-V", "--version"):
+        from lit_unlearn import __version__
 
-        report_main(argv[1:])
+        print(f"lit_unlearn {__version__}")
         return
-    if argv and argv[0] == "export":
-        from lit_unlearn.export import export_main
+    command = next((c for c in COMMANDS if c.name == argv[0]), None)
+    if command is None and not argv[0].startswith("-"):
+        import difflib
 
-        export_main(argv[1:])
+        close = difflib.get_close_matches(argv[0], [c.name for c in COMMANDS], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"{PROG}: unknown command {argv[0]!r}.{hint} Commands: {', '.join(c.name for c in COMMANDS)} "
+              f"(see `{PROG} --help`).", file=sys.stderr)
+        raise SystemExit(2)
+    from lit_unlearn.utils.warnings import silence_known_noise
+
+    silence_known_noise()
+    make_cwd_importable()
+    if command is not None and command.target is not None:
+        _call(command.target, argv[1:])
         return
-    lightning_cli(argv)
+    from lit_unlearn.registry import load_objective_plugins
+
+    load_objective_plugins()
+    from lit_unlearn.lightning_cli import lightning_cli
+
+    lightning_cli(objective_help_argv(argv) or argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``GEffectMonitor``: measure the G-effect of the training objective during unlearning.
 
-The math lives in ``lit_unlearn.analysis.geffect`` (DESIGN.md §8; Wang et al., ICLR 2025). This
+The math lives in ``lit_unlearn.analysis.geffect`` (Wang et al., 2025, *Rethinking LLM Unlearning Objectives:
+A Gradient Perspective and Go Beyond*, ICLR 2025). This
 callback only picks the moment, the batches and the gradients, keeps the rows and writes the files.
 """
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``MRDCurriculum``: sample forget data by Memory Removal Difficulty (CGA and "+MRD", DESIGN.md §7).
+"""``MRDCurriculum``: sample forget data by Memory Removal Difficulty (CGA and "+MRD").
+
+Paper: Feng et al., 2025, *A Neuro-Inspired Interpretation of Unlearning in Large Language Models through
+Sample-Level Unlearning Difficulty* ("the MRD paper" below).
 
 MRD paper, Algorithm 2 (Curriculum Gradient Ascent): score every forget sample with MRD before training,
 draw forget samples with probability p_i ∝ MRD_i, recompute the scores every m epochs (paper: m = 2).
@@ -71,8 +74,8 @@ def score_summary(scores: Tensor, probabilities: Tensor | None = None) -> dict[s
 class MRDCurriculum(Callback):
     """Draw forget samples with probability p_i ∝ (MRD_i + ε)^power, MRD recomputed every m epochs/steps.
 
-    Paper (002, Algorithm 2; App. E: m = 2): CGA = GA + this callback; "NPO + MRD", "GradDiff + MRD",
-    "IdkDPO + MRD" = those objectives + this callback. It works with every objective because it only
+    MRD paper (Feng et al., 2025), Algorithm 2; App. E: m = 2: CGA = GA + this callback; "NPO + MRD",
+    "GradDiff + MRD", "IdkDPO + MRD" = those objectives + this callback. It works with every objective because it only
     changes *which* forget samples are drawn, never the loss.
 
     Protocol (works with ANY LightningModule that follows it; :class:`UnlearningModule` +

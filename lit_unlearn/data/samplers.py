@@ -1,4 +1,6 @@
-"""Samplers: the weighted distributed sampler behind the MRD curriculum (DESIGN.md §7).
+"""Samplers: the weighted distributed sampler behind the MRD curriculum
+(Feng et al., 2025, *A Neuro-Inspired Interpretation of Unlearning in Large Language Models through
+Sample-Level Unlearning Difficulty*).
 
 MRD paper, CGA / "+MRD": forget samples are drawn with probability p_i ∝ (MRD_i + ε)^τ, recomputed
 every few epochs. Every rank must draw from the *same* weighted sample so that the global batch is

@@ -1,6 +1,6 @@
 """Question/answer → token ids with labels, and the padding collator.
 
-Prompt format (DESIGN.md §3): the tokenizer's chat template when it has one, otherwise
+Prompt format: the tokenizer's chat template when it has one, otherwise
 ``Question: {q}\\nAnswer:`` followed by `` {a}`` and EOS. Labels are ``-100`` on the prompt and on
 padding; the answer tokens and the final EOS are labelled. The attention mask is built from the
 sequence lengths, never from ``input_ids != pad_id`` (that would hide a real EOS when pad == eos).

@@ -1,4 +1,4 @@
-"""TOFU-style evaluation: the metric suite, its Lightning wiring and the report (DESIGN.md §6).
+"""TOFU-style evaluation: the metric suite, its Lightning wiring and the report.
 
 * :class:`TOFUEvaluation` — evaluate a model (object or path) in plain Python: ``.run() -> report dict``.
 * :class:`TOFUEvaluator` — the metric states; what ``CausalLMModule.validation_step`` feeds under Lightning.

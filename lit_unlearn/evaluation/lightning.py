@@ -52,8 +52,10 @@ def scalar_logs(report: dict[str, Any], prefix: str = "eval") -> dict[str, float
 class LightningEvalRunner:
     """Runs the TOFU evaluation inside a Lightning ``validate``/``test`` epoch (see module docstring)."""
 
-    def __init__(self, config: EvalConfig | dict | None = None):
+    def __init__(self, config: EvalConfig | dict | None = None, strict: bool = False):
         self.config = EvalConfig.coerce(config)
+        #: a retain report of other data is an error (also when the module has ``strict_evaluation``)
+        self.strict = strict
         self.evaluator = None
         self.datasets: list[Any] = []
         self.last_report: dict[str, Any] | None = None
@@ -73,8 +75,10 @@ class LightningEvalRunner:
         if len(set(keys)) != len(keys):
             raise ValueError(f"Evaluation loaders repeat a split key: {keys}.")
         forget = next((d for d in eval_sets if d.spec.key == "forget"), None)
-        check_retain_report(self.config.retain_report, forget)
+        check_retain_report(self.config.retain_report, forget, self._data_identity(trainer, eval_sets),
+                            strict=self._strict(pl_module))
         self.evaluator = TOFUEvaluator(self.config, [d.spec for d in eval_sets], eval_sets[0].tokenizer)
+        self.evaluator.check_model(pl_module.model)
 
     def step(self, pl_module, batch: dict[str, Any], dataloader_idx: int = 0) -> None:
         dataset = self.datasets[dataloader_idx] if dataloader_idx < len(self.datasets) else None
@@ -98,7 +102,13 @@ class LightningEvalRunner:
         if self.evaluator is None:
             return None
         results = self.evaluator.compute()  # collective: every rank gets the synced values
-        report = finalize_report(results, self.metadata(trainer, pl_module, stage), self.config.retain_report)
+        report = finalize_report(results, self.metadata(trainer, pl_module, stage), self.config.retain_report,
+                                 strict=self._strict(pl_module))
+        if report["forget_quality"].get("mismatch"):  # on the console too, not only inside report.json
+            from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(f"Forget quality is unavailable: {report['forget_quality']['reason']}. Pass --strict"
+                           " to make this an error.")
         pl_module.log_dict(scalar_logs(report), sync_dist=False, rank_zero_only=False)
         if self.config.write_report and trainer.is_global_zero:
             write_report(report, self.report_dir(trainer), plots=self.config.plots)
@@ -106,6 +116,23 @@ class LightningEvalRunner:
         self.last_report = report
         self.evaluator = None
         return report
+
+    def _strict(self, pl_module) -> bool:
+        return bool(self.strict or getattr(pl_module, "strict_evaluation", False))
+
+    @staticmethod
+    def _data_identity(trainer, eval_sets: list) -> dict[str, Any]:
+        """``{"source", "data_version"}`` of the evaluated data (compared with the retain report's)."""
+        from lit_unlearn.data.sources import source_version
+
+        source = eval_sets[0].source if eval_sets else None
+        if source is None:
+            return {}
+        try:
+            version = source_version(source, getattr(getattr(trainer, "datamodule", None), "seed", 0))
+        except Exception:  # a hub source offline: only the name is compared
+            version = None
+        return {"source": source, "data_version": version}
 
     def report_dir(self, trainer) -> str:
         return self.config.report_dir or os.path.join(trainer.default_root_dir, "report")

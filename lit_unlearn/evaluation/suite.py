@@ -5,7 +5,7 @@ torchmetrics states of every split (so DDP syncs them) and computes the raw resu
 :class:`TOFUEvaluation` is the plain-Python driver: ``TOFUEvaluation(model_or_path, tokenizer).run()``.
 :func:`lit_unlearn.evaluation.report.finalize_report` adds forget quality, model utility and privleak.
 
-Per batch of B samples the evaluator runs (DESIGN.md §6, §10)
+Per batch of B samples the evaluator runs
 
 * one forward of the B answers: probability, memorization accuracy, extraction strength, MIA scores;
 * one forward of the B paraphrased answers (forget/retain; elsewhere the answer's NLL is reused);
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lit_unlearn.evaluation.config import EVAL_KEYS, MIA_SCORES, EvalConfig, resolve_split_map
 from lit_unlearn.evaluation.data import EvalCollator, EvalDataset, EvalSplit, build_eval_datasets
 from lit_unlearn.functional import metrics as F
-from lit_unlearn.functional.generation import greedy_generate, split_prompt_answer
+from lit_unlearn.functional.generation import check_generation_ids, greedy_generate, split_prompt_answer
 from lit_unlearn.functional.tokens import sequence_nll_mean, token_logprobs
 from lit_unlearn.metrics import (
     MIAAUC,
@@ -38,9 +38,13 @@ from lit_unlearn.metrics import (
     MemorizationAccuracy,
     PerSampleMetric,
     Probability,
+    Rouge,
     RougeLRecall,
     TruthRatio,
 )
+
+#: ``EvalConfig.metric_variants`` ROUGE names -> (rouge_type, measure), scored like ``rouge_l_recall``
+_ROUGE_VARIANTS = {"rouge1_recall": ("rouge1", "recall"), "rouge1_f1": ("rouge1", "f1"), "rouge_l_f1": ("rougeL", "f1")}
 
 
 # ----------------------------------------------------------------------------- small metric additions
@@ -139,6 +143,13 @@ class TOFUEvaluator:
         self.tokenizer = tokenizer
         self.reset()
 
+    def check_model(self, model) -> None:
+        """Raise a clear ``ValueError`` now when generation (ROUGE-L, EL) would fail on ``model``: the
+        tokenizer's eos/pad ids must lie in the model's vocabulary (see ``check_generation_ids``)."""
+        if any("rouge_l_recall" in m or "extraction_likelihood" in m for m in self.metrics.values()):
+            check_generation_ids(model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                                 who="TOFU evaluation")
+
     @property
     def has_mia(self) -> bool:
         return "forget" in self.specs and "holdout" in self.specs
@@ -154,12 +165,17 @@ class TOFUEvaluator:
         if spec.role == "holdout":
             return m
         m["truth_ratio"] = TruthRatio(split=spec.truth_ratio_split)
+        if self.config.variant_enabled("truth_ratio_prob_mean"):
+            m["truth_ratio_prob_mean"] = TruthRatio(split="prob_mean")
         if spec.role == "general":
             m["normalized_probability"] = NormalizedProbability()
         m["memorization_accuracy"] = MemorizationAccuracy()
         m["extraction_strength"] = ExtractionStrength()
         if self.config.generation:
             m["rouge_l_recall"] = RougeLRecall()
+            for name, (rouge_type, measure) in _ROUGE_VARIANTS.items():
+                if self.config.variant_enabled(name):
+                    m[name] = Rouge(rouge_type, measure)
         if self.config.el_enabled(spec.key):
             m["extraction_likelihood"] = ExtractionLikelihoodAnyLength(n=self.config.el_n)
         return m
@@ -204,6 +220,8 @@ class TOFUEvaluator:
             num_perturbed = int(batch["num_perturbed"])
             perturbed_nll = self._avg_nll(model, batch["perturbed"]).view(-1, num_perturbed)  # (B, J)
             m["truth_ratio"].update(correct_nll, perturbed_nll, index=index)
+            if "truth_ratio_prob_mean" in m:
+                m["truth_ratio_prob_mean"].update(correct_nll, perturbed_nll, index=index)
             if "normalized_probability" in m:
                 m["normalized_probability"].update(correct_nll, perturbed_nll, index=index)
 
@@ -211,6 +229,9 @@ class TOFUEvaluator:
             generated = self._generate([list(p) for p in batch["prompt_ids"]], model, self.config.max_new_tokens)
             texts = [t.strip() for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
             m["rouge_l_recall"].update(texts, list(batch["answer_text"]), index=index)
+            for name in _ROUGE_VARIANTS:
+                if name in m:
+                    m[name].update(texts, list(batch["answer_text"]), index=index)
             if self.config.store_generations:
                 self.generations[key].update({int(i): t for i, t in zip(index.tolist(), texts)})
 
@@ -296,11 +317,13 @@ def _model_dtype(model) -> str:
 
 def base_metadata() -> dict[str, Any]:
     import lit_unlearn
+    from lit_unlearn.utils.environment import environment_info
 
     return {
         "lit_unlearn_version": lit_unlearn.__version__,
         "torch_version": torch.__version__,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment_info(),
     }
 
 
@@ -409,6 +432,7 @@ class TOFUEvaluation:
         check_retain_report(self.config.retain_report, forget)  # fail before the long part, not after it
         world_size, rank = _dist_world()
         evaluator = TOFUEvaluator(self.config, [d.spec for d in datasets], tokenizer)
+        evaluator.check_model(model)
         was_training = model.training
         model.eval()
         start = time.perf_counter()

@@ -29,6 +29,46 @@ def _special_ids(model, eos_token_id: int | None, pad_token_id: int | None) -> t
     return eos_token_id, pad_token_id
 
 
+def vocabulary_size(model) -> int | None:
+    """Rows of the model's input embedding (the ids it can read), else ``config.vocab_size``, else None."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if isinstance(rows, int) and rows > 0:
+        return rows
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def check_generation_ids(
+    model, eos_token_id: int | None = None, pad_token_id: int | None = None, who: str = "greedy generation"
+) -> tuple[int | None, int]:
+    """The (eos, pad) ids generation will use — the given ones, else the model's generation config — checked
+    to lie in ``[0, vocabulary size)``; raises ``ValueError`` naming ``who``, the id and the fix otherwise.
+
+    Call it at setup, before any generation: an out-of-vocabulary pad id (GPT-2's default 50256 with a small
+    custom tokenizer) would otherwise fail as an ``IndexError`` deep inside ``model.generate`` (the left
+    padding is embedded), and an out-of-vocabulary EOS could never be generated, so generation never stops.
+    Naive equivalent: ``assert 0 <= eos < V and 0 <= pad < V``.
+    """
+    given = {"eos_token_id": eos_token_id is not None, "pad_token_id": pad_token_id is not None}
+    eos_token_id, pad_token_id = _special_ids(model, eos_token_id, pad_token_id)
+    size = vocabulary_size(model)
+    if size is None:
+        return eos_token_id, pad_token_id
+    for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+        if value is None or 0 <= int(value) < size:
+            continue
+        source = ("the tokenizer's" if given[name] else
+                  "the model's generation_config/config (none was passed)")
+        raise ValueError(
+            f"{who}: {name}={value} ({source}) is outside the model's vocabulary of {size} token ids "
+            f"(0..{size - 1}), so generation would fail inside model.generate. The model and tokenizer disagree; "
+            f"set the model's ids to the tokenizer's before training, e.g. model.config.{name} = "
+            f"model.generation_config.{name} = tokenizer.{name} (or resize the embeddings to the tokenizer)."
+        )
+    return eos_token_id, pad_token_id
+
+
 @torch.no_grad()
 def greedy_generate(
     model,
@@ -56,7 +96,7 @@ def greedy_generate(
         raise ValueError("greedy_generate: every prompt needs at least one token")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    eos_token_id, pad_token_id = _special_ids(model, eos_token_id, pad_token_id)
+    eos_token_id, pad_token_id = check_generation_ids(model, eos_token_id, pad_token_id)
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (B, L) left padded

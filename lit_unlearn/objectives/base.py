@@ -1,4 +1,4 @@
-"""``UnlearningModule``: the shared base of every unlearning objective (DESIGN.md §4).
+"""``UnlearningModule``: the shared base of every unlearning objective.
 
 A training batch is ``{"forget": batch, "retain": batch}`` (see :class:`UnlearningDataModule`). The loss is
 
@@ -55,6 +55,13 @@ class UnlearningModule(CausalLMModule):
         reference_batch_size: batch size of the one-off reference pass that fills the cache (default: the
             datamodule's ``batch_size``). The pass is split across ranks in fixed chunks of this size, so the
             cached values are bit-identical for every world size with the same value.
+        gradient_rectification: GRU (see :mod:`lit_unlearn.objectives.rectification`): before every optimizer
+            step, project the objective's gradient so that it does not increase the retain NLL to first order
+            (needs retain batches; refused under DeepSpeed ZeRO-2/3).
+        rectification_ema: EMA factor of GRU's retain gradient (0: the step's retain batch only).
+        peft: train ``peft`` adapters (LoRA ...) instead of every weight (see :class:`CausalLMModule`). The
+            reference (cached log-probs, ``live``, the ``kl`` retain term, RMU's frozen hidden states) is then
+            the same model under ``peft``'s ``disable_adapter()``: no second model is built.
         (other arguments: see :class:`CausalLMModule`)
 
     Distributed: under DDP/DeepSpeed every rank computes its loss on its own micro-batch and gradients are
@@ -88,9 +95,17 @@ class UnlearningModule(CausalLMModule):
         seed: int = 0,
         eval_config: EvalConfig | None = None,
         reference_batch_size: int | None = None,
+        gradient_rectification: bool = False,
+        rectification_ema: float = 0.0,
+        peft: dict[str, Any] | str | None = None,
     ):
         super().__init__(model_name_or_path, tokenizer, lr, weight_decay, warmup_steps, dtype, save_dir, seed,
-                         eval_config=eval_config)
+                         eval_config=eval_config, peft=peft)
+        from lit_unlearn.objectives.rectification import RetainGradient
+
+        # GRU (objectives/rectification.py): project the objective's gradient against the retain NLL's
+        self.gradient_rectification = bool(gradient_rectification)
+        self.rectifier = RetainGradient(rectification_ema) if self.gradient_rectification else None
         if reference_batch_size is not None and reference_batch_size < 1:
             raise ValueError(f"reference_batch_size must be >= 1, got {reference_batch_size}.")
         self.reference_batch_size = reference_batch_size
@@ -128,7 +143,12 @@ class UnlearningModule(CausalLMModule):
     def configure_model(self) -> None:
         super().configure_model()
         if self.needs_live_reference and self.ref_model is None:
-            if self.zero3_config is not None:
+            if self.uses_adapters:
+                from lit_unlearn.models.adapters import AdapterDisabledReference
+
+                # the same model under peft's disable_adapter(): no second copy of the base weights
+                self.ref_model = AdapterDisabledReference(self.model)
+            elif self.zero3_config is not None:
                 # a partitioned model cannot be deep-copied: build the initial model again, partitioned too
                 self.ref_model = self.build_model().eval()
             else:
@@ -139,10 +159,17 @@ class UnlearningModule(CausalLMModule):
         from lit_unlearn.strategies import check_zero3_support
 
         check_zero3_support(self.trainer, self)
+        if self.gradient_rectification:
+            from lit_unlearn.objectives.rectification import check_rectification_support
+
+            check_rectification_support(self.trainer)
 
     def on_fit_start(self) -> None:
         if self.needs_cached_reference and len(self.ref_cache) == 0:
-            self.fill_reference_cache()
+            from lit_unlearn.models.adapters import adapters_disabled
+
+            with adapters_disabled(self.model):  # with adapters, the reference is the base model
+                self.fill_reference_cache()
 
     def fill_reference_cache(self) -> None:
         """One ``no_grad`` pass of the (initial) model over the whole forget set.
@@ -261,4 +288,10 @@ class UnlearningModule(CausalLMModule):
                 " here; checkpoints written before this step are kept. Lower lr or check beta/gamma."
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        if self.rectifier is not None:
+            self.rectifier.record(self, batch)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.rectifier is not None:  # GRU: rectify the (accumulated, all-reduced) gradient in place
+            self.rectifier.apply(self.trainable_parameters())

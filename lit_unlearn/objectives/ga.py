@@ -1,4 +1,4 @@
-"""Gradient ascent baselines (DESIGN.md §5): GA and GradDiff.
+"""Gradient ascent baselines: GA and GradDiff.
 
 * GA (Jang et al., 2023; TOFU's baseline): forget loss = −NLL_mean(forget), i.e. maximise the token-mean
   NLL of the forget answers.

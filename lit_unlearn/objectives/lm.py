@@ -49,7 +49,16 @@ class CausalLMModule(L.LightningModule):
             for forget quality, report folder ...; see :class:`~lit_unlearn.evaluation.EvalConfig`). The
             splits come from the datamodule's ``val_dataloader``; the report goes to
             ``eval_config.report_dir`` (default ``trainer.default_root_dir/report``), written on rank 0.
+        peft: train ``peft`` adapters instead of every weight: a mapping of ``peft`` config fields (LoRA:
+            ``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules`` ...; ``peft_type`` selects another tuner
+            type) or the path of a YAML/JSON file holding one. ``None`` (default): full fine-tuning. Only
+            adapter weights are trainable and saved in checkpoints; the reference is the base model with
+            adapters disabled (see :mod:`lit_unlearn.models.adapters` and docs/peft.md).
     """
+
+    #: a retain report of other data than the evaluated run is an error instead of an "unavailable" forget
+    #: quality with a warning (set by ``lit-unlearn validate|test|fit --strict``)
+    strict_evaluation: bool = False
 
     def __init__(
         self,
@@ -62,6 +71,7 @@ class CausalLMModule(L.LightningModule):
         save_dir: str | None = None,
         seed: int = 0,
         eval_config: EvalConfig | None = None,
+        peft: dict[str, Any] | str | None = None,
     ):
         super().__init__()
         if lr <= 0:
@@ -81,8 +91,14 @@ class CausalLMModule(L.LightningModule):
         self.extra_metadata: dict[str, Any] = {}
         self.eval_config = EvalConfig.coerce(eval_config)
         self._eval_runner = None
+        self.peft_config: dict[str, Any] | None = None
         # the init arguments of the whole subclass chain, so `load_from_checkpoint` can rebuild the module
         self.save_hyperparameters()
+        if peft is not None:
+            from lit_unlearn.models.adapters import load_peft_spec
+
+            # a file path is read now and the mapping itself recorded, so checkpoints rebuild without the file
+            self.peft_config = self.hparams["peft"] = load_peft_spec(peft)
 
     # -- model ----------------------------------------------------------------------------------------
     def load_tokenizer(self):
@@ -127,9 +143,64 @@ class CausalLMModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
+            model = self.build_model()
+            if self.peft_config is not None:
+                from lit_unlearn.models.adapters import wrap_with_adapters
+
+                model = wrap_with_adapters(model, self.peft_config, seed=self.seed, base_name=self.model_name_or_path)
             # from_pretrained returns the model in eval mode; follow the LightningModule's mode instead, so
             # dropout is active while training
-            self.model = self.build_model().train(self.training)
+            self.model = model.train(self.training)
+
+    # -- adapters (model.peft) ------------------------------------------------------------------------
+    @property
+    def uses_adapters(self) -> bool:
+        """True when ``self.model`` is a ``peft`` adapter model (``peft`` set)."""
+        from lit_unlearn.models.adapters import is_adapter_model
+
+        return self.peft_config is not None and is_adapter_model(self.model)
+
+    def set_trainable(self, module: torch.nn.Module) -> None:
+        """Make ``module`` (a part of ``self.model``) trainable: every weight in full fine-tuning, only the
+        adapter weights inside it with adapters (``ValueError`` when it holds none)."""
+        if not self.uses_adapters:
+            module.requires_grad_(True)
+            return
+        from lit_unlearn.models.adapters import adapter_parameter_names
+
+        adapter_ids = {id(p) for n, p in self.model.named_parameters() if n in adapter_parameter_names(self.model)}
+        params = [p for p in module.parameters() if id(p) in adapter_ids]
+        if not params:
+            name = next((n for n, m in self.model.named_modules() if m is module), type(module).__name__)
+            raise ValueError(f"{type(self).__name__} trains {name!r}, which holds no adapter: add its module name"
+                             f" ({name.rsplit('.', 1)[-1]!r}) to model.peft.target_modules.")
+        for p in params:
+            p.requires_grad_(True)
+
+    def state_dict(self, *args, **kwargs):
+        # with adapters, checkpoints hold the adapter weights only (the base weights come from the base model)
+        state = super().state_dict(*args, **kwargs)
+        if not self.uses_adapters:
+            return state
+        from lit_unlearn.models.adapters import adapter_parameter_names
+
+        keep = {f"model.{n}" for n in adapter_parameter_names(self.model)}
+        return type(state)((k, v) for k, v in state.items() if not k.startswith("model.") or k in keep)
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        if not self.uses_adapters:
+            if self.peft_config is None and any(".lora_" in k or "base_layer." in k for k in state_dict):
+                raise RuntimeError("These weights come from a run with adapters (model.peft): build the module with"
+                                   " the same model.peft config to load them.")
+            return super().load_state_dict(state_dict, strict=strict, **kwargs)
+        from torch.nn.modules.module import _IncompatibleKeys
+
+        expected = set(self.state_dict())
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        missing = [k for k in result.missing_keys if k in expected]  # base weights are not in checkpoints
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Missing keys {missing}, unexpected keys {result.unexpected_keys}.")
+        return _IncompatibleKeys(missing, result.unexpected_keys)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -158,48 +229,108 @@ class CausalLMModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # -- finiteness of the weights (no checkpoint or saved model with NaN/inf) ---------------------------
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """The optimizer step, then :meth:`check_parameters_finite`.
+
+        A finite loss can still give an update that overflows the weights; checking here (before Lightning
+        calls the callbacks' ``on_train_batch_end``, where ``ModelCheckpoint`` saves) stops training before
+        any checkpoint holds the broken weights, so the last checkpoint is the last finite state.
+        """
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.check_parameters_finite("after the optimizer step")
+
+    def check_parameters_finite(self, when: str) -> None:
+        """Raise :class:`~lit_unlearn.utils.finite.NonFiniteWeightsError` (a ``FloatingPointError``) on every
+        rank when a trainable parameter holds NaN/±inf.
+
+        Cost: one fused ``‖·‖_∞`` reduction over this rank's values (its ZeRO-3 shard when partitioned, see
+        :func:`~lit_unlearn.utils.finite.local_values`), plus one all-reduce of a 0/1 flag when several
+        processes run, so every rank raises together (no rank is left waiting in a collective).
+        """
+        from lit_unlearn.utils.finite import NonFiniteWeightsError, all_finite, first_nonfinite, local_values
+
+        params = [(name, param) for name, param in self.model.named_parameters() if param.requires_grad]
+        bad = 0.0 if all_finite(local_values(p) for _, p in params) else 1.0
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and int(getattr(trainer, "world_size", 1) or 1) > 1:
+            flag = torch.tensor([bad], dtype=torch.float32, device=self.device)
+            bad = float(trainer.strategy.reduce(flag, reduce_op="sum").reshape(-1)[0])
+        if bad == 0.0:
+            return
+        found = first_nonfinite((f"model.{n}", local_values(p)) for n, p in params)
+        where = f"{found[0]!r} holds {found[1]}" if found else "a parameter held by another rank is not finite"
+        raise NonFiniteWeightsError(
+            f"{type(self).__name__}: the weights became non-finite {when} at step {self.global_step} ({where})."
+            " Training stops here, before anything of this step is saved: checkpoints written so far (last.ckpt"
+            " included) hold the last finite weights. Lower lr, raise warmup_steps or set"
+            " trainer.gradient_clip_val."
+        )
+
     # -- saving ---------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None,
+                        allow_nonfinite: bool = False) -> Path:
         """Write model + tokenizer + ``lit_unlearn.json`` (metadata) as one atomic folder.
 
-        With a ZeRO-3 partitioned model this is collective: call it on every rank (rank 0 writes).
+        With a ZeRO-3 partitioned model this is collective: call it on every rank (rank 0 writes). Weights
+        holding NaN/±inf are refused (``NonFiniteWeightsError`` naming the first bad tensor; nothing is
+        written) unless ``allow_nonfinite``.
         """
         from lit_unlearn.models.loading import gathered_state_dict
+        from lit_unlearn.utils.finite import check_state_dict_finite
+        from lit_unlearn.utils.environment import environment_info
 
         partitioned = any(hasattr(p, "ds_id") for p in self.model.parameters())
         state = gathered_state_dict(self.model) if partitioned else None  # collective under ZeRO-3
         if partitioned and not state:
             return Path(directory)  # not rank 0
+        if not allow_nonfinite:
+            check_state_dict_finite(state if partitioned else dict(self.model.named_parameters()),
+                                    f"The model to save to {str(directory)!r}",
+                                    "Nothing was written (pass allow_nonfinite=True to save it anyway).")
         with atomic_directory(directory) as tmp:
             if partitioned:
                 save_hf_state_dict(self.model.config, state, tmp)
             else:
                 self.model.save_pretrained(tmp)
             self.load_tokenizer().save_pretrained(tmp)
-            info = {"model_name_or_path": self.model_name_or_path, **self.extra_metadata, **(metadata or {})}
+            from lit_unlearn.utils.hparams import objective_record  # {"class_path", "init_args": hparams}
+
+            info = {"model_name_or_path": self.model_name_or_path, "environment": environment_info(),
+                    "objective": objective_record(self), **self.extra_metadata, **(metadata or {})}
             (Path(tmp) / "lit_unlearn.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         return Path(directory)
 
     def run_metadata(self) -> dict[str, Any]:
         """Data version, step, and the run's world size / strategy / precision / effective batch size."""
         from lit_unlearn.strategies import run_metadata
+        from lit_unlearn.utils.environment import environment_info
 
         trainer = getattr(self, "_trainer", None)
         datamodule = getattr(trainer, "datamodule", None)
         meta = {"data_version": getattr(datamodule, "data_version", None), "global_step": self.global_step}
         meta.update(run_metadata(trainer, getattr(datamodule, "batch_size", None)))
+        meta["environment"] = environment_info()
         return meta
 
     def on_fit_end(self) -> None:
         if not self.save_dir:
             return
         partitioned = any(hasattr(p, "ds_id") for p in self.model.parameters())
+        self.check_parameters_finite("at the end of fit (save_dir is not written)")  # every rank together
         if partitioned or self.trainer.is_global_zero:  # gathering ZeRO-3 partitions needs every rank
             self.save_pretrained(self.save_dir, self.run_metadata())
         if partitioned:
             self.trainer.strategy.barrier("save_pretrained")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # second line of defence behind optimizer_step: never write a checkpoint with non-finite weights
+        # (ZeRO-3 partitions are size-0 here and skipped; DDP/ZeRO-2 ranks hold the same values)
+        from lit_unlearn.utils.finite import check_state_dict_finite
+
+        check_state_dict_finite(checkpoint.get("state_dict") or {},
+                                f"{type(self).__name__} (checkpoint at step {self.global_step})",
+                                "The checkpoint is not written.")
         checkpoint["lit_unlearn_run"] = self.run_metadata()
 
     # -- evaluation (validate/test): the TOFU suite, see lit_unlearn.evaluation.lightning -------------------

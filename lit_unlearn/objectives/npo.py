@@ -1,4 +1,4 @@
-"""Negative preference optimisation (DESIGN.md §5): NPO and its reference-free SimNPO.
+"""Negative preference optimisation: NPO and its reference-free SimNPO.
 
 * NPO (Zhang et al., 2024): (2/β)·mean_b softplus(β·(NLL_sum_ref,b − NLL_sum_b)); needs the reference
   model's summed log-likelihood of each forget answer, cached once before training by default.

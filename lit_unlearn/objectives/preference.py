@@ -1,4 +1,4 @@
-"""Refusal-answer objectives (DESIGN.md §5; Maini et al., 2024, TOFU): IdkNLL and IdkDPO.
+"""Refusal-answer objectives (Maini et al., 2024, *TOFU: A Task of Fictitious Unlearning for LLMs*): IdkNLL and IdkDPO.
 
 Every forget sample carries a refusal answer ("I don't know ...") to the same question under
 ``batch["idk"]`` (see :class:`UnlearningDataModule`); the refusal is chosen deterministically from the

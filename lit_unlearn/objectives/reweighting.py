@@ -1,4 +1,4 @@
-"""Token-reweighted gradient ascent (DESIGN.md §5): −(1/N) Σ_valid w_t·ℓ_t with detached weights w_t.
+"""Token-reweighted gradient ascent: −(1/N) Σ_valid w_t·ℓ_t with detached weights w_t.
 
 G-effect paper (Wang et al., 2025): WGA w = p^β; TNPO w = 2p^β/(p^β + p_ref^β + ε) (its value is the true
 TNPO loss, its gradient the weighted surrogate); WTNPO w = 2p^(β+α_w)/(p^β + p_ref^β + ε).

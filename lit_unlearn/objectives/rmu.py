@@ -1,4 +1,4 @@
-"""Representation Misdirection for Unlearning (Li et al., 2024, "The WMDP Benchmark"; DESIGN.md §5).
+"""Representation Misdirection for Unlearning (Li et al., 2024, "The WMDP Benchmark").
 
 Forget: push the hidden states of block L on forget inputs towards c·u, u a fixed random unit vector
 (``losses.rmu_control_vector``, seeded, kept in the ``control_vector`` buffer so it is saved).
@@ -57,6 +57,9 @@ class RMU(UnlearningModule):
         gamma: forget weight (default 1).
         alpha: retain weight (default 100 as in the WMDP code; open-unlearning uses 1).
         retain_loss: ``rmu`` (default: hidden-state MSE to the frozen model), ``none``, ``nll`` or ``kl``.
+        answer_tokens_only: average both hidden-state MSE terms over the answer positions only
+            (``labels != -100``, as open-unlearning's RMU does) instead of every non-padding position,
+            prompt included (default ``False``, the WMDP code's behaviour on plain text).
         **kwargs: passed to :class:`UnlearningModule`; ``seed`` also seeds the control vector.
     """
 
@@ -65,12 +68,15 @@ class RMU(UnlearningModule):
 
     def __init__(self, model_name_or_path: str = "builtin:tiny-llama", *, layer: int | None = None,
                  steering_coeff: float = 20.0, gamma: float = 1.0, alpha: float = 100.0, retain_loss: str = "rmu",
-                 **kwargs: Any):
+                 answer_tokens_only: bool = False, **kwargs: Any):
         super().__init__(model_name_or_path, gamma=gamma, alpha=alpha, retain_loss=retain_loss, **kwargs)
         if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
             raise ValueError(f"layer must be None (the middle block) or an integer >= 0, got {layer!r}.")
         self.layer = layer
         self.steering_coeff = check_hyperparameter("steering_coeff", steering_coeff)
+        if not isinstance(answer_tokens_only, bool):
+            raise ValueError(f"answer_tokens_only must be True or False, got {answer_tokens_only!r}.")
+        self.answer_tokens_only = answer_tokens_only
         self._blocks_name: str | None = None
 
     def configure_model(self) -> None:
@@ -83,7 +89,7 @@ class RMU(UnlearningModule):
             raise ValueError(f"layer must be in [0, {n - 1}] (the model has {n} blocks), got {self.layer}.")
         self.model.requires_grad_(False)
         for i in self.trainable_blocks:
-            mlp_down_projection(blocks[i]).requires_grad_(True)
+            self.set_trainable(mlp_down_projection(blocks[i]))  # with model.peft: its adapter weights only
         if getattr(self, "control_vector", None) is None:
             config = getattr(self.model, "config", None)
             hidden = getattr(config, "hidden_size", None) or self.model.get_input_embeddings().embedding_dim
@@ -109,9 +115,20 @@ class RMU(UnlearningModule):
             handle.remove()
         return captured[0]
 
+    def loss_mask(self, batch: dict[str, Any]) -> Tensor:
+        """``(B, T)`` positions the RMU terms average over: non-padding, or answer tokens only
+        (``labels != -100`` and not padding) with ``answer_tokens_only``."""
+        mask = batch["attention_mask"].bool()
+        if not self.answer_tokens_only:
+            return mask
+        if "labels" not in batch:
+            raise ValueError("RMU(answer_tokens_only=True) needs `labels` in the batch (-100 on prompt and"
+                             " padding); this batch has only " + ", ".join(sorted(batch)) + ".")
+        return mask & (batch["labels"] != -100)
+
     def forget_loss(self, batch: dict[str, Any]) -> Tensor:
         hidden = self.hidden_states(self.model, batch)
-        return losses.rmu(hidden, self.control_vector.to(hidden.device), batch["attention_mask"])
+        return losses.rmu(hidden, self.control_vector.to(hidden.device), self.loss_mask(batch))
 
     def retain_term(self, batch: dict[str, Any]) -> Tensor:
         if self.retain_loss != "rmu":
@@ -119,4 +136,4 @@ class RMU(UnlearningModule):
         hidden = self.hidden_states(self.model, batch)
         with torch.no_grad():
             ref_hidden = self.hidden_states(self.ref_model, batch)
-        return losses.rmu(hidden, ref_hidden, batch["attention_mask"])
+        return losses.rmu(hidden, ref_hidden, self.loss_mask(batch))
