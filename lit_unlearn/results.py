@@ -158,7 +158,7 @@ def environment_line(summary: Mapping[str, Any]) -> str:
     packages = env.get("packages", {})
     versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "lightning") if k in packages)
     return (f"Recorded {summary.get('date', '?')} on {env.get('cpu', '?')} ({env.get('cpu_count', '?')} CPUs), "
-            f"{env.get('torch_num_threads', '?')} torch threads, Python {env.get('python', '?')}, {versions}; "
+            f"torch threads: {env.get('torch_num_threads', '?')}, Python {env.get('python', '?')}, {versions}; "
             f"data `{summary.get('data_version', '?')}`.")
 
 
@@ -179,9 +179,6 @@ def render(summary: Mapping[str, Any]) -> str:
         lines += [f"- {text}" for text in separation_text(summary, protocol)] + [""]
         if protocol == "matched":
             lines += [f"- {text}" for text in separation_text(summary, protocol, "forget_quality")] + [""]
-    times = summary.get("wall_seconds")
-    if times:
-        lines += [f"Wall time of this run: {times:.0f} s ({'models cached' if all(summary.get('cached', {}).values()) else 'models trained'})."]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -26,7 +26,10 @@ def test_there_are_configs():
 def test_every_config_parses(path, capsys):
     flag = SECTION.get(path.parent.name, "--config")
     args = ["fit", flag, str(path), "--print_config"]
-    if flag == "--trainer":
+    if path.parent.name == "peft":  # an adapter config is the value of one init argument
+        args = ["fit", "--model", "GA", "--data", "UnlearningDataModule", "--model.init_args.peft", str(path),
+                "--print_config"]
+    elif flag == "--trainer":
         args[1:1] = ["--config", str(CONFIGS / "tofu_mini" / "finetune_target.yaml")]
     elif flag in ("--model", "--data"):
         args[1:1] = ["--data", "UnlearningDataModule"] if flag == "--model" else ["--model", "FinetuneModule"]

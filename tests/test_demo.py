@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -68,7 +69,13 @@ def test_micro_demo_aggregates_each_configuration_over_its_seeds(micro_demo):
             assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(values))
             assert stats["std"] == pytest.approx(np.std(values, ddof=1))
     budget = [r for r in summary["records"] if r["protocol"] == "budget"]
-    assert {r["steps"] for r in budget} == {2 * 1}  # 2 epochs of forget01 (10 samples) at batch 10
+    assert {r["steps"] for r in budget} == {MICRO.unlearn_epochs * steps_per_epoch(micro_demo.out_dir)}
+
+
+def steps_per_epoch(out) -> int:
+    """Optimizer steps per pass over the demo's forget01 split (as written to out/data) at MICRO's batch size."""
+    samples = len((out / "data" / "forget01.jsonl").read_text().splitlines())
+    return math.ceil(samples / MICRO.batch_size)
 
 
 def test_matched_protocol_stops_at_the_retain_models_forget_ma(micro_demo):
@@ -77,7 +84,7 @@ def test_matched_protocol_stops_at_the_retain_models_forget_ma(micro_demo):
     summary = micro_demo.summary
     threshold = summary["matched_threshold"]
     assert 0.0 <= threshold < micro_demo.memorization["target/forget"]
-    cap = MICRO.matched_max_epochs * 1  # one step per epoch
+    cap = MICRO.matched_max_epochs * steps_per_epoch(micro_demo.out_dir)
     for record in summary["records"]:
         if record["protocol"] != "matched":
             continue

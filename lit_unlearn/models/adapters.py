@@ -23,6 +23,8 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from lit_unlearn.utils.modes import eval_mode
+
 INSTALL_HINT = "install it with `pip install peft` (or `pip install 'lit_unlearn[peft]'`)"
 DEFAULT_PEFT_TYPE = "LORA"
 
@@ -181,18 +183,6 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
         for param, flag in flags:
             if param.requires_grad != flag:
                 param.requires_grad_(flag)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode (no dropout) inside the block; each one's own mode restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 class AdapterDisabledReference:
