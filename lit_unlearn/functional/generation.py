@@ -39,6 +39,18 @@ def vocabulary_size(model) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(B, L)``: the prompts right-aligned (left padding), as
+    ``generate`` needs for a batch; naive equivalent: ``[pad] * (L - len(p)) + p`` per row."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        attention_mask[row, width - len(prompt) :] = 1
+    return input_ids, attention_mask
+
+
 def check_generation_ids(
     model, eos_token_id: int | None = None, pad_token_id: int | None = None, who: str = "greedy generation"
 ) -> tuple[int | None, int]:
@@ -98,12 +110,7 @@ def greedy_generate(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     eos_token_id, pad_token_id = check_generation_ids(model, eos_token_id, pad_token_id)
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (B, L) left padded
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
-        attention_mask[row, width - len(prompt) :] = 1
+    input_ids, attention_mask = left_padded(prompts, pad_token_id)
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -114,7 +121,7 @@ def greedy_generate(
         pad_token_id=pad_token_id,
     )  # (B, L + new)
     continuations = []
-    for row in output[:, width:].tolist():
+    for row in output[:, input_ids.shape[1]:].tolist():
         if eos_token_id is not None and eos_token_id in row:
             row = row[: row.index(eos_token_id)]
         continuations.append(row)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lit_unlearn.data.tokenize import PadCollator
 from lit_unlearn.functional import losses
-from lit_unlearn.functional.generation import _special_ids, greedy_generate
+from lit_unlearn.functional.generation import check_generation_ids, greedy_generate, left_padded
 from lit_unlearn.functional.tokens import IGNORE_INDEX
 from lit_unlearn.objectives.base import UnlearningModule, check_hyperparameter
 
@@ -42,14 +42,9 @@ def sample_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("sample_generate: every prompt needs at least one token")
-    eos_token_id, pad_token_id = _special_ids(model, eos_token_id, pad_token_id)
+    eos_token_id, pad_token_id = check_generation_ids(model, eos_token_id, pad_token_id, "AltPO sample_generate")
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (B, L) left padded
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
+    input_ids, attention_mask = left_padded(prompts, pad_token_id)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -57,7 +52,7 @@ def sample_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
                                 max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
                                 top_p=1.0, num_beams=1, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     out = []
-    for row in output[:, width:].tolist():
+    for row in output[:, input_ids.shape[1]:].tolist():
         if eos_token_id is not None and eos_token_id in row:
             row = row[: row.index(eos_token_id)]
         out.append(row)
