@@ -125,6 +125,13 @@ def main() -> None:
                 label += ", no retain"  # its default: two policy passes (forget, refusal), like GradDiff
             rows.append((label, ms, base_ms, stepper.fill_seconds, stepper.generation_seconds))
             del stepper
+    import datetime
+
+    from lit_unlearn.utils.environment import environment_info
+
+    env = environment_info()
+    print(f"recorded {datetime.date.today().isoformat()} on {env['cpu']} ({env['cpu_count']} CPUs, kernels "
+          f"{env['cpu_capability']}), torch {env['packages']['torch']}, transformers {env['packages']['transformers']}")
     print(f"threads={args.threads}, {args.steps} timed steps per objective in 3 blocks alternating with GradDiff, "
           f"forget/retain batch 8, model {target.name}")
     print(f"{'objective':<32} {'ms/step':>8} {'GradDiff ms':>11} {'x GradDiff':>10} {'cache fill s':>12} {'gen s':>7}")

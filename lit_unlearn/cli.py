@@ -10,6 +10,8 @@
 * ``lit-unlearn report RUN1 RUN2 ... --out DIR`` — compare evaluation reports (table + UC-vs-UT scatter).
 * ``lit-unlearn export --ckpt_path CKPT --out DIR`` — a Hugging Face folder from a checkpoint file or a
   DeepSpeed ZeRO checkpoint folder (see :mod:`lit_unlearn.export`).
+* ``lit-unlearn attack --model MODEL --attacks relearn,quantize --out DIR`` — quantization and relearning
+  attacks on copies of a model (see :mod:`lit_unlearn.attacks`).
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ COMMANDS: tuple[Command, ...] = (
             "lit_unlearn.evaluation.cli:report_main"),
     Command("export", "write a Hugging Face folder from a Lightning checkpoint or a DeepSpeed ZeRO checkpoint",
             "lit_unlearn.export:export_main"),
+    Command("attack", "robustness of an unlearned model: quantization and relearning attacks, before/after table",
+            "lit_unlearn.attacks.cli:attack_main"),
 )
 EXTRA_COMMANDS = tuple(c.name for c in COMMANDS if c.target is not None)
 
@@ -129,6 +133,9 @@ def _call(target: str, argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lit_unlearn.utils.cpu_kernels import pin_portable_cpu_kernels
+
+    pin_portable_cpu_kernels()  # before anything imports torch: AVX2 kernels on every x86 CPU
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(top_level_help())

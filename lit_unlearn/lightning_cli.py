@@ -18,6 +18,8 @@ from typing import Any, Optional
 from lightning.pytorch.cli import LightningCLI
 
 import lit_unlearn.data  # noqa: F401  (registers the datamodules for short names)
+import lit_unlearn.evaluation.benchmarks.muse  # noqa: F401  (MUSEDataModule by short name)
+import lit_unlearn.evaluation.benchmarks.wmdp  # noqa: F401  (WMDPDataModule by short name)
 import lit_unlearn.objectives  # noqa: F401  (registers the objectives for short names)
 from lit_unlearn.cli_support import VersionedSaveConfigCallback
 from lit_unlearn.data.tofu import TOFUDataModule

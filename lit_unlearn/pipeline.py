@@ -8,13 +8,16 @@ G-effect curves, and ``summary.json`` (every run's headline numbers, the setting
 
 Protocols: ``budget`` gives every objective the same number of steps; ``matched`` runs each objective until
 the forget set's mean memorisation accuracy has fallen to the retain model's (the MRD paper's App. E.4
-criterion with the retain model as the threshold), with a step cap, and reports the steps it took.
+criterion with the retain model as the threshold), with a step cap, and reports the steps it took. Both
+protocols come from one training run per seed (:class:`ProtocolSnapshots`): the matched run is the budget
+run's trajectory stopped elsewhere, so the shared steps are trained once.
 
 Reproducibility: the torch thread count is fixed (``DemoSettings.num_threads``, recorded) and deterministic
 kernels are used, so a rerun on the same machine and lock file gives identical numbers. The target and
 retain models are cached under ``$LIT_UNLEARN_HOME/models/<kind>-<key>``, where the key hashes the data
 version and the training config (thread count included), so a rerun skips their training; copies are
-written to ``<out>/models/{target,retain}`` for the CLI examples. Each stage's wall time is printed.
+written to ``<out>/models/{target,retain}`` for the CLI examples. Their reports are cached the same way
+(:func:`cached_reference_report`, keyed also by the evaluation code). Each stage's wall time is printed.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lit_unlearn.utils.environment import DEFAULT_NUM_THREADS
 from lit_unlearn.utils.io import atomic_write_json, cache_dir
@@ -182,7 +186,7 @@ ALL_RUNS: tuple[UnlearnSpec, ...] = (
     UnlearnSpec("NPO+MRD", "NPO", mrd=True),
     UnlearnSpec("IdkDPO+MRD", "IdkDPO", mrd=True, lr=3e-4),
 )
-FAST_RUNS: tuple[str, ...] = ("GA", "GradDiff", "NPO", "NPO+MRD")  # x 3 seeds x 2 protocols: a rerun fits 5 minutes
+FAST_RUNS: tuple[str, ...] = ("GA", "GradDiff", "NPO")  # x 3 seeds, both protocols from one run each: a rerun fits 5 minutes
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,111 @@ def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out
     return module, callbacks
 
 
+@dataclass
+class ProtocolOutcome:
+    """The model one protocol of a run ends with, the steps it took and (matched) the forget-MA checks."""
+
+    model: torch.nn.Module
+    steps: int
+    reached: bool | None = None  # matched: whether the forget MA reached the threshold before the cap
+    ma_checks: list | None = None  # matched: [[step, mean MA], ...] up to the stop
+
+
+class ProtocolSnapshots(Callback):
+    """Both protocols of the demo from ONE training run.
+
+    A run under ``matched`` follows the same trajectory as the same seed's run under ``budget`` up to its stop
+    (same data order, seed and learning rate; the forget-MA checks run in eval mode without gradients and draw
+    no random numbers), so one run serves both: a copy of the model is taken when ``stopper`` first reports the
+    matched point and when the budget of ``budget_epochs`` epochs is spent, and training stops once every
+    wanted protocol has its model (at the latest at the trainer's step cap). Place it after ``stopper``.
+    Naive equivalent: two fits, one per protocol (``unlearn(..., protocol=...)``), which train the shared
+    prefix twice; ``tests/test_demo.py`` checks that both give the same numbers.
+    """
+
+    def __init__(self, protocols: tuple[str, ...], budget_epochs: int, stopper=None):
+        super().__init__()
+        self.protocols, self.budget_epochs, self.stopper = tuple(protocols), budget_epochs, stopper
+        self.outcomes: dict[str, ProtocolOutcome] = {}
+
+    def _capture(self, protocol: str, trainer, pl_module, **extra) -> None:
+        import copy
+
+        same_step = next((o for o in self.outcomes.values() if o.steps == trainer.global_step), None)
+        model = same_step.model if same_step is not None else copy.deepcopy(pl_module.model).eval()
+        self.outcomes[protocol] = ProtocolOutcome(model, trainer.global_step, **extra)
+
+    def _stop_when_complete(self, trainer) -> None:
+        trainer.should_stop = all(p in self.outcomes for p in self.protocols)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        stopper = self.stopper
+        if ("matched" in self.protocols and "matched" not in self.outcomes and stopper is not None
+                and stopper.stopped_step is not None):
+            self._capture("matched", trainer, pl_module, reached=True,
+                          ma_checks=[[h["step"], h["ma_mean"]] for h in stopper.history])
+            stopper.ma_threshold = None  # no further checks: the matched point is taken
+        self._stop_when_complete(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if "budget" in self.protocols and "budget" not in self.outcomes and trainer.current_epoch + 1 >= self.budget_epochs:
+            self._capture("budget", trainer, pl_module)
+        self._stop_when_complete(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for protocol in self.protocols:  # the cap came first: the final model (matched: not reached)
+            if protocol not in self.outcomes:
+                checks = (None if protocol == "budget" or self.stopper is None
+                          else [[h["step"], h["ma_mean"]] for h in self.stopper.history])
+                self.outcomes[protocol] = ProtocolOutcome(pl_module.model.eval(), trainer.global_step,
+                                                          reached=None if protocol == "budget" else False,
+                                                          ma_checks=checks)
+
+
+def unlearn_protocols(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out: Path,
+                      settings: DemoSettings, progress: bool = True, seed: int = 0,
+                      ma_threshold: float | None = None, geffect: bool = False):
+    """One training run that yields the model of every protocol in ``settings.protocols`` (see
+    :class:`ProtocolSnapshots`); returns ``(module, callbacks, {protocol: ProtocolOutcome})``."""
+    import lightning as L
+
+    import lit_unlearn.objectives as objectives
+    from lit_unlearn.callbacks import ForgettingEarlyStopping, GEffectMonitor, MRDCurriculum
+
+    protocols = settings.protocols
+    if "matched" in protocols and ma_threshold is None:
+        raise ValueError("the matched protocol needs ma_threshold (the retain model's mean forget-set MA)")
+    L.seed_everything(seed, verbose=False)
+    cls = getattr(objectives, spec.objective)
+    data = unlearning_data(target, source, forget_split, settings, seed)
+    if "lr" in spec.kwargs:
+        raise ValueError(f"UnlearnSpec {spec.name!r}: give the learning rate as UnlearnSpec.lr, not in kwargs")
+    lr = spec.lr if spec.lr is not None else settings.unlearn_lr
+    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=lr, seed=seed, **spec.kwargs)
+    callbacks: list = []
+    if spec.mrd:
+        callbacks.append(MRDCurriculum(every_n_epochs=settings.mrd_every_n_epochs, num_samples=settings.mrd_samples,
+                                       estimator=settings.mrd_estimator,
+                                       control_variate=settings.mrd_control_variate, batch_size=64, seed=seed,
+                                       output_dir=str(out / "mrd")))
+    if geffect:
+        callbacks.append(GEffectMonitor(every_n_steps=settings.geffect_every, output_dir=str(out / "geffect")))
+    stopper = None
+    max_epochs = settings.unlearn_epochs
+    if "matched" in protocols:
+        stopper = ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=ma_threshold,
+                                          check_every_n_steps=settings.matched_check_every, batch_size=64)
+        callbacks.append(stopper)
+        max_epochs = max(settings.matched_max_epochs, settings.unlearn_epochs if "budget" in protocols else 0)
+    snapshots = ProtocolSnapshots(protocols, settings.unlearn_epochs, stopper)
+    callbacks.append(snapshots)  # after the stopper: it reads the stopper's decision of the same step
+    trainer = L.Trainer(accelerator=settings.accelerator, devices=1, max_epochs=max_epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                        callbacks=callbacks, default_root_dir=str(out), deterministic="warn")
+    trainer.fit(module, datamodule=data)
+    return module, callbacks, snapshots.outcomes
+
+
 def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settings: DemoSettings,
              retain_report: Path | None = None, progress: bool = True, name: str | None = None) -> dict:
     """The TOFU-style suite on one model; writes ``out/report.{json,md}`` and plots."""
@@ -309,6 +418,49 @@ def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settin
     if name is not None:
         report.setdefault("metadata", {})["run_name"] = name
     return report
+
+
+def evaluation_code_hash() -> str:
+    """A hash of the source of every module an evaluation report depends on (data, evaluation, functional,
+    metrics): a cached report is reused only while that code is unchanged."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for package in ("data", "evaluation", "functional", "metrics", "models"):
+        for file in sorted((root / package).rglob("*.py")):
+            digest.update(str(file.relative_to(root)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_reference_report(kind: str, model_dir: Path, source: str, forget_split: str, out: Path,
+                            settings: DemoSettings, retain_report: Path | None, progress: bool) -> tuple[dict, bool]:
+    """The report of the cached ``retain``/``target`` model, evaluated only when the cache has none for this
+    model, these evaluation settings and this evaluation code; the report folder is copied to ``out``.
+    Returns ``(report, cached)``. Like the models, the reports are deterministic at a fixed thread count."""
+    import shutil
+
+    from lit_unlearn.evaluation.report import load_report
+    from lit_unlearn.utils.locks import file_lock
+
+    eval_settings = {k: getattr(settings, k) for k in ("max_new_tokens", "eval_batch_size", "max_samples", "num_threads")}
+    payload = {"model": model_dir.name, "source": source, "forget_split": forget_split, "settings": eval_settings,
+               "retain_report": None if retain_report is None else json.loads(retain_report.read_text())["summary"],
+               "code": evaluation_code_hash()}
+    folder = cache_dir() / "reports" / f"{kind}-{hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]}"
+    with file_lock(folder.with_name(folder.name + ".lock"), what=f"evaluating the {kind} model"):
+        cached = (folder / "report.json").is_file()
+        if not cached:
+            staging = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            report = evaluate(model_dir, model_dir, source, forget_split, staging, settings, retain_report,
+                              progress, name=kind)
+            if kind == "retain":
+                self_referenced(report, staging)
+            staging.rename(folder)
+    shutil.copytree(folder, out, dirs_exist_ok=True)
+    report = load_report(out / "report.json")
+    report.setdefault("metadata", {})["run_name"] = kind
+    return report, cached
 
 
 def self_referenced(report: dict, out: Path) -> dict:
@@ -437,42 +589,53 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
                      if "matched" in settings.protocols else None)
     reports: dict[str, dict] = {}
     with timer.stage("evaluate retain + target"):
-        reports["retain"] = evaluate(retain, retain, source, forget_split, out / "runs" / "retain", settings,
-                                     progress=progress, name="retain")
+        reports["retain"], cached["retain_report"] = cached_reference_report(
+            "retain", retain, source, forget_split, out / "runs" / "retain", settings, None, progress)
         retain_report = out / "runs" / "retain" / "report.json"
-        reports["retain"] = self_referenced(reports["retain"], out / "runs" / "retain")
-        reports["target"] = evaluate(target, target, source, forget_split, out / "runs" / "target", settings,
-                                     retain_report, progress, name="target")
+        reports["target"], cached["target_report"] = cached_reference_report(
+            "target", target, source, forget_split, out / "runs" / "target", settings, retain_report, progress)
     geffect_rows: dict[str, list[dict]] = {}
     mrd_dirs: dict[str, Path] = {}
     records: list[dict] = []
     for spec in specs:
-        for protocol in settings.protocols:
-            for seed in settings.seeds:
-                first = seed == settings.seeds[0] and protocol == settings.protocols[0]
-                run_dir = out / "runs" / run_dir_name(spec.name) / protocol / f"seed{seed}"
-                label = f"{spec.name} [{protocol}, seed {seed}]"
-                with timer.stage(f"unlearn {label}"):
-                    module, callbacks = unlearn(spec, target, source, forget_split, run_dir, settings, progress,
-                                                seed=seed, protocol=protocol, ma_threshold=threshold,
-                                                geffect=spec.geffect and first)
-                with timer.stage(f"evaluate {label}"):
-                    key = f"{spec.name}/{protocol}/seed{seed}"
-                    reports[key] = evaluate(module.model.eval(), target, source, forget_split, run_dir, settings,
-                                            retain_report, progress, name=key)
-                stopper = next((c for c in callbacks if hasattr(c, "stopped_step")), None)
-                records.append({"name": spec.name, "protocol": protocol, "seed": seed, "steps": module.global_step,
-                                "reached": None if stopper is None else stopper.stopped_step is not None,
-                                "ma_checks": None if stopper is None else [[h["step"], h["ma_mean"]]
-                                                                           for h in stopper.history],
+        for seed in settings.seeds:
+            first = seed == settings.seeds[0]
+            run_dirs = {p: out / "runs" / run_dir_name(spec.name) / p / f"seed{seed}" for p in settings.protocols}
+            train_dir = run_dirs[settings.protocols[0]]  # MRD histograms and G-effect files of the training run
+            with timer.stage(f"unlearn {spec.name} [seed {seed}]"):
+                module, callbacks, outcomes = unlearn_protocols(
+                    spec, target, source, forget_split, train_dir, settings, progress, seed=seed,
+                    ma_threshold=threshold, geffect=spec.geffect and first)
+            evaluated: dict[int, str] = {}  # id(model) -> key of its report: one evaluation per distinct model
+            for protocol in settings.protocols:
+                outcome, run_dir = outcomes[protocol], run_dirs[protocol]
+                key = f"{spec.name}/{protocol}/seed{seed}"
+                with timer.stage(f"evaluate {spec.name} [{protocol}, seed {seed}]"):
+                    if id(outcome.model) in evaluated:  # e.g. matched reached exactly at the budget's last step
+                        from lit_unlearn.evaluation.report import write_report
+
+                        reports[key] = json.loads(json.dumps(reports[evaluated[id(outcome.model)]]))
+                        reports[key]["metadata"]["run_name"] = key
+                        write_report(reports[key], run_dir)
+                    else:
+                        reports[key] = evaluate(outcome.model, target, source, forget_split, run_dir, settings,
+                                                retain_report, progress, name=key)
+                        evaluated[id(outcome.model)] = key
+                records.append({"name": spec.name, "protocol": protocol, "seed": seed, "steps": outcome.steps,
+                                "reached": outcome.reached, "ma_checks": outcome.ma_checks,
                                 "summary": reports[key]["summary"],
                                 "report": str((run_dir / "report.json").relative_to(out))})
-                for callback in callbacks:
-                    if hasattr(callback, "rows") and first:
-                        geffect_rows[spec.name] = list(callback.rows)
-                if spec.mrd and first:
-                    mrd_dirs[spec.name] = run_dir / "mrd"
-                del module, callbacks
+            budget_steps = outcomes["budget"].steps if "budget" in outcomes else None
+            for callback in callbacks:
+                if hasattr(callback, "rows") and first:  # G-effect: the fixed-budget part of the run
+                    geffect_rows[spec.name] = [r for r in callback.rows
+                                               if budget_steps is None or r["step"] <= budget_steps]
+            if spec.mrd and first:
+                mrd_dirs[spec.name] = train_dir / "mrd"
+            del module, callbacks, outcomes
+    order = {(s.name, p, seed): i for i, (s, p, seed) in enumerate(
+        (s, p, seed) for s in specs for p in settings.protocols for seed in settings.seeds)}
+    records.sort(key=lambda r: order[(r["name"], r["protocol"], r["seed"])])  # by configuration, protocol, seed
     with timer.stage("report"):
         names = list(reports)
         compare_reports([reports[n] for n in names], out, names=names)  # every single run: comparison.md/json

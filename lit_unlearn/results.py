@@ -130,6 +130,10 @@ def protocol_table(summary: Mapping[str, Any], protocol: str) -> list[str]:
     return lines
 
 
+#: above this many configurations the separated pairs are not listed one by one (only the ties)
+MAX_LISTED_CONFIGS = 6
+
+
 def separation_text(summary: Mapping[str, Any], protocol: str, key: str = "model_utility") -> list[str]:
     """Which configurations differ in ``key`` beyond the seed spread (non-overlapping min–max ranges)."""
     stats = {name: p[protocol][key] for name, p in summary["aggregate"].items() if protocol in p and p[protocol][key]["n"]}
@@ -141,10 +145,15 @@ def separation_text(summary: Mapping[str, Any], protocol: str, key: str = "model
     total = len(ranked) * (len(ranked) - 1) // 2
     lines = [f"{label} ranking (mean over seeds, highest first): " + ", ".join(
         f"{n} {_num(stats[n]['mean'])}" for n in ranked) + "."]
-    if pairs:
+    unseparated = [f"{a} vs {b}" for i, a in enumerate(ranked) for b in ranked[i + 1:] if (a, b) not in pairs]
+    if pairs and len(ranked) > MAX_LISTED_CONFIGS:  # many pairs: the ranking says who is above; list the ties only
+        lines.append(f"{len(pairs)} of {total} pairs are separated beyond the seed spread (min–max ranges do not "
+                     "overlap): every pair of the ranking except those listed next.")
+        if unseparated:
+            lines.append("Not separated (cannot be told apart at this scale): " + "; ".join(unseparated) + ".")
+    elif pairs:
         lines.append(f"Pairs separated beyond the seed spread ({len(pairs)} of {total}; min–max ranges do not "
                      "overlap): " + "; ".join(f"{a} > {b}" for a, b in pairs) + ".")
-        unseparated = [f"{a} vs {b}" for i, a in enumerate(ranked) for b in ranked[i + 1:] if (a, b) not in pairs]
         if unseparated:
             lines.append("Not separated (cannot be told apart at this scale): " + "; ".join(unseparated) + ".")
     else:
@@ -182,16 +191,23 @@ def render(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_thread_comparison(base: Mapping[str, Any], other: Mapping[str, Any]) -> str:
-    """Same seeds, another thread count: per configuration and protocol, the change of MU and FQ against the
-    seed spread of the base run."""
-    t0 = base.get("environment", {}).get("torch_num_threads", "?")
-    t1 = other.get("environment", {}).get("torch_num_threads", "?")
-    lines = [f"The same demo with {t1} torch thread(s) instead of {t0} (a stand-in for another CPU): "
-             f"recorded {other.get('date', '?')}. Δ = mean at {t1} threads − mean at {t0}; "
-             "'within spread' when |Δ| ≤ the larger of the two standard deviations over seeds.", "",
-             "| run | protocol | MU (" + str(t0) + ") | MU (" + str(t1) + ") | Δ MU | FQ (" + str(t0) + ") | FQ ("
-             + str(t1) + ") | Δ FQ |", "|---|---|---:|---:|---|---:|---:|---|"]
+def _setting(summary: Mapping[str, Any]) -> str:
+    env = summary.get("environment", {})
+    return (f"{env.get('cpu', '?')}, {env.get('torch_num_threads', '?')} torch thread(s), "
+            f"recorded {summary.get('date', '?')}")
+
+
+def render_comparison(base: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+    """The same demo in another setting (thread count or processor): per configuration and protocol, the
+    change of MU and FQ against the seed spread. A is ``base``, B is ``other``."""
+    env0, env1 = base.get("environment", {}), other.get("environment", {})
+    changed = [what for what, key in (("torch thread count", "torch_num_threads"), ("processor", "cpu"))
+               if env0.get(key) != env1.get(key)]
+    lines = [f"A: {_setting(base)}. B: {_setting(other)}. What differs: {' and '.join(changed) or 'nothing recorded'}"
+             " (same code, lock file, data and seeds). Δ = mean of B − mean of A; 'within spread' when |Δ| ≤ the "
+             "larger of the two standard deviations over seeds.", "",
+             "| run | protocol | MU (A) | MU (B) | Δ MU | FQ (A) | FQ (B) | Δ FQ |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
     within = total = 0
     for name, protocols in base["aggregate"].items():
         for protocol, s in protocols.items():
@@ -212,6 +228,9 @@ def render_thread_comparison(base: Mapping[str, Any], other: Mapping[str, Any]) 
             lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
     lines += ["", f"{within} of {total} differences lie within the seed spread."]
     return "\n".join(lines) + "\n"
+
+
+render_thread_comparison = render_comparison  # the name of the first release of this page
 
 
 # ----------------------------------------------------------------------------- plot
@@ -296,13 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lit_unlearn.results",
                                      description="Render a demo summary.json as Markdown (results over seeds).")
     parser.add_argument("summary", help="the demo's summary.json (or its folder)")
-    parser.add_argument("--compare", help="a second summary.json of the same demo at another thread count")
+    parser.add_argument("--compare", help="a second summary.json of the same demo in another setting (thread count, processor)")
     parser.add_argument("--page", help="a Markdown page whose generated block to rewrite (default: print)")
     parser.add_argument("--block", default="demo", help="the generated block's name (default: demo)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the page's block differs, write nothing")
     args = parser.parse_args(argv)
     summary = load_summary(args.summary)
-    text = render_thread_comparison(summary, load_summary(args.compare)) if args.compare else render(summary)
+    text = render_comparison(summary, load_summary(args.compare)) if args.compare else render(summary)
     if not args.page:
         sys.stdout.write(text)
         return 0

@@ -111,3 +111,28 @@ def test_unlearning_with_mrd_curriculum_on_a_gpu(finetuned_tiny, tmp_path):
     assert torch.isfinite(scores).all() and (scores > 0).all()
     loss = module.trainer.callback_metrics.get("train/loss")
     assert loss is not None and math.isfinite(float(loss))
+
+
+# -- quantization attack through bitsandbytes (lit_unlearn.attacks.quantization) -------------------------------
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+@pytest.mark.parametrize("scheme", ["llm.int8", "nf4"])
+def test_cuda_bitsandbytes_quantized_copy(scheme):
+    from lit_unlearn.attacks.quantization import quantize_model
+    from lit_unlearn.models.tiny import tiny_llama
+
+    model = tiny_llama(seed=3, vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    quantized = quantize_model(model, scheme, backend="bitsandbytes")
+    for n, p in model.named_parameters():  # the user's model is untouched (and still on the CPU)
+        assert p.device.type == "cpu" and torch.equal(p, before[n]), n
+    linear_cls = {"llm.int8": "Linear8bitLt", "nf4": "Linear4bit"}[scheme]
+    assert type(quantized.model.layers[0].mlp.down_proj).__name__ == linear_cls
+    assert type(quantized.lm_head).__name__ == "Linear"  # the head stays at full precision
+    ids = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.float()
+        out = quantized(input_ids=ids.to(CUDA)).logits.float().cpu()
+    assert torch.isfinite(out).all()
+    # quantized logits stay close to the full-precision ones (nf4 is coarser than LLM.int8)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert rel < {"llm.int8": 0.05, "nf4": 0.3}[scheme], rel

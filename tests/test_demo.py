@@ -37,7 +37,7 @@ def test_micro_demo_writes_every_artifact(micro_demo):
         assert report["summary"]["forget_memorization_accuracy"] is not None
         assert report["metadata"]["environment"]["torch_num_threads"] == MICRO.num_threads
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["runs"] == ["GA", "NPO+MRD"] and "unlearn GA [budget, seed 0]" in summary["stage_seconds"]
+    assert summary["runs"] == ["GA", "NPO+MRD"] and "unlearn GA [seed 0]" in summary["stage_seconds"]
     assert summary["environment"]["packages"]["torch"] and summary["environment"]["torch_num_threads"] == 2
     assert [(r["name"], r["protocol"], r["seed"]) for r in summary["records"]] == [
         (n, p, s) for n in ("GA", "NPO+MRD") for p in ("budget", "matched") for s in (0, 1)]
@@ -97,6 +97,51 @@ def test_matched_protocol_stops_at_the_retain_models_forget_ma(micro_demo):
             assert checks[-1][1] <= threshold
         else:
             assert record["steps"] == cap and checks[-1][1] > threshold
+
+
+@pytest.mark.parametrize("name", ["GA", "NPO+MRD"])
+def test_one_run_gives_each_protocol_the_model_of_its_own_run(micro_demo, tmp_path, name):
+    """The demo trains once per seed and takes both protocols' models from that run; two separate fits (one
+    per protocol, the naive equivalent) end with bit-identical weights, steps and forget-MA checks."""
+    import torch
+
+    from lit_unlearn.pipeline import ALL_RUNS, unlearn, unlearn_protocols
+
+    spec = next(s for s in ALL_RUNS if s.name == name)
+    threshold = micro_demo.summary["matched_threshold"]
+    args = (micro_demo.target, "builtin:tofu-mini", "forget01")
+    _, _, outcomes = unlearn_protocols(spec, *args, tmp_path / "both", MICRO, progress=False, seed=1,
+                                       ma_threshold=threshold)
+    for protocol in ("budget", "matched"):
+        module, callbacks = unlearn(spec, *args, tmp_path / protocol, MICRO, progress=False, seed=1,
+                                    protocol=protocol, ma_threshold=threshold)
+        outcome = outcomes[protocol]
+        assert outcome.steps == module.global_step
+        separate = module.model.state_dict()
+        for key, value in outcome.model.state_dict().items():
+            assert torch.equal(value, separate[key]), (protocol, key)
+        if protocol == "matched":
+            stopper = next(c for c in callbacks if hasattr(c, "stopped_step"))
+            assert outcome.reached == (stopper.stopped_step is not None)
+            assert outcome.ma_checks == [[h["step"], h["ma_mean"]] for h in stopper.history]
+
+
+def test_reference_reports_are_cached_with_the_models(micro_demo, tmp_path):
+    """A rerun reuses the retain/target reports (same model, settings and evaluation code) and gets the
+    report the first run computed; another evaluation setting is evaluated afresh."""
+    from dataclasses import replace
+
+    from lit_unlearn.pipeline import cached_reference_report
+
+    retain_report = micro_demo.out_dir / "runs" / "retain" / "report.json"
+    report, cached = cached_reference_report("target", micro_demo.target, "builtin:tofu-mini", "forget01",
+                                             tmp_path / "target", MICRO, retain_report, progress=False)
+    assert cached and report["summary"] == micro_demo.reports["target"]["summary"]
+    assert (tmp_path / "target" / "report.md").is_file()
+    _, cached = cached_reference_report("target", micro_demo.target, "builtin:tofu-mini", "forget01",
+                                        tmp_path / "other", replace(MICRO, max_samples=3), retain_report,
+                                        progress=False)
+    assert not cached
 
 
 def test_unknown_run_name_is_refused(tmp_path):

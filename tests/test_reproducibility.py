@@ -160,6 +160,30 @@ def test_aggregate_groups_by_name_and_protocol_and_separation_is_range_overlap()
     assert "A > B" in text and "A vs C" in text and "C vs B" in text
 
 
+def test_step_cost_table_is_the_recorded_output():
+    """docs/benchmarks.md shows benchmarks/step_cost.py's recorded output verbatim (no number typed by hand)."""
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    recorded = (ROOT / "docs" / "results" / "step_cost_2.txt").read_text()
+    assert results.replace_block(page, "step-cost-2", "```\n" + recorded + "```\n") == page
+
+
+def test_many_configurations_list_only_the_pairs_that_are_not_separated():
+    """Above MAX_LISTED_CONFIGS configurations the text names the ties only; they are exactly the pairs whose
+    min-max ranges overlap (checked pair by pair), and the count of separated pairs is the rest."""
+    import itertools
+
+    n = results.MAX_LISTED_CONFIGS + 2
+    values = {f"C{i}": [0.1 * (i // 2) + d for d in (0.0, 0.02, 0.04)] for i in range(n)}  # pairs of equals
+    records = [_record(name, "budget", s, mu, 0.1) for name, mus in values.items() for s, mu in enumerate(mus)]
+    stats = results.aggregate(records)
+    text = "\n".join(results.separation_text({"aggregate": stats}, "budget"))
+    ties = {frozenset((a, b)) for a, b in itertools.combinations(values, 2)
+            if not results.separated(stats[a]["budget"]["model_utility"], stats[b]["budget"]["model_utility"])}
+    listed = text.split("Not separated (cannot be told apart at this scale): ")[1].rstrip(".").split("; ")
+    assert {frozenset(pair.split(" vs ")) for pair in listed} == ties
+    assert f"{n * (n - 1) // 2 - len(ties)} of {n * (n - 1) // 2} pairs are separated" in text
+
+
 def test_replace_block_rewrites_only_the_named_block():
     page = "intro\n<!-- BEGIN GENERATED: demo -->\nold\n<!-- END GENERATED: demo -->\ntail\n"
     new = results.replace_block(page, "demo", "new table\n")
@@ -178,8 +202,11 @@ def test_results_pages_are_generated_from_the_recorded_summaries():
     blocks = {
         "demo": lambda: results.render(load(recorded / "demo.json")),
         "demo-full": lambda: results.render(load(recorded / "demo_full.json")),
-        "threads": lambda: results.render_thread_comparison(load(recorded / "demo.json"),
-                                                            load(recorded / "demo_1thread.json")),
+        # the 1-thread run was recorded on the Intel Xeon, like the 2-thread run it is compared with
+        "threads": lambda: results.render_comparison(load(recorded / "demo_intel_xeon.json"),
+                                                     load(recorded / "demo_1thread.json")),
+        "processors": lambda: results.render_comparison(load(recorded / "demo_intel_xeon.json"),
+                                                        load(recorded / "demo_amd_epyc.json")),
     }
     found = re.findall(r"<!-- BEGIN GENERATED: ([\w-]+) -->", text)
     assert found and set(found) <= set(blocks), f"unknown generated blocks in docs/results.md: {found}"
@@ -268,3 +295,50 @@ def test_variance_table_is_generated_from_its_recorded_study():
     spec.loader.exec_module(module)
     text = module.render(json.loads(recorded.read_text()))
     assert results.replace_block(page, "variance", text) == page
+
+
+def _pinned_in_subprocess(env_overrides: dict[str, str]) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR",
+                                                             "LIT_UNLEARN_PORTABLE_KERNELS")}
+    env.update(env_overrides)
+    code = ("import json, os\n"
+            "from lit_unlearn.utils.cpu_kernels import pin_portable_cpu_kernels\n"
+            "chosen = pin_portable_cpu_kernels()\n"
+            "import torch\n"
+            "print(json.dumps({'chosen': chosen, 'capability': torch.backends.cpu.get_cpu_capability(),"
+            " 'mkl_cbwr': os.environ.get('MKL_CBWR')}))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_portable_cpu_kernels_pin_avx2_before_torch_loads():
+    import platform
+
+    from lit_unlearn.utils.cpu_kernels import PORTABLE_KERNELS, cpu_flags
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("needs an x86 processor with AVX2 and FMA")
+    pinned = _pinned_in_subprocess({})
+    assert pinned == {"chosen": PORTABLE_KERNELS, "capability": "AVX2", "mkl_cbwr": "AVX2"}
+    # the user's own choice wins, and the switch turns the pinning off
+    assert _pinned_in_subprocess({"ATEN_CPU_CAPABILITY": "default"})["capability"] == "DEFAULT"
+    off = _pinned_in_subprocess({"LIT_UNLEARN_PORTABLE_KERNELS": "0"})
+    assert off["chosen"] == {} and off["mkl_cbwr"] is None
+
+
+def test_portable_cpu_kernels_do_nothing_once_torch_is_loaded(monkeypatch):
+    import os
+
+    import torch  # noqa: F401  (loaded: too late for the variables to take effect)
+
+    from lit_unlearn.utils.cpu_kernels import pin_portable_cpu_kernels
+    from lit_unlearn.utils.environment import environment_info
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    assert pin_portable_cpu_kernels() == {} and "MKL_CBWR" not in os.environ
+    info = environment_info()
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "mkl_cbwr" in info

@@ -73,6 +73,13 @@ Implementation notes:
   (sharded) dataloader and the (index, score) pairs are all-gathered, so all ranks return the same
   vector.
 
+* Which weights (``mrd_params``, :func:`perturbed_parameters`): ``"all"`` (default) perturbs the weights of the
+  model as it predicts. On a ``peft`` LoRA model those are the merged weights W_eff = W + (α/r)·B·A; they are
+  perturbed without merging, by perturbing each base weight W (under its merged-model name) while B and A stay
+  fixed: (W + δ)x + (α/r)·B·A·x = (W_eff + δ)x, the very δ_k the merged (``export --merge``) model gets.
+  ``"trainable"`` perturbs only the ``requires_grad`` weights (the adapters); the base weights are never
+  written or swapped. On a model without adapters ``"all"`` is the paper's MRD, unchanged.
+
 * DeepSpeed ZeRO-3: a partitioned parameter's ``param.data`` is an empty placeholder except while its
   module runs, when DeepSpeed's own forward pre-hook has all-gathered it. The perturbation hooks are
   ordered around DeepSpeed's: the pre-hook runs *after* the gather (hooks registered later run later) and
@@ -106,6 +113,7 @@ from lit_unlearn.utils.modes import eval_mode
 ESTIMATORS = ("mean_abs", "abs_mean", "analytic")
 PER_SAMPLE_MODES = ("auto", "loop", "vmap")
 NORMALIZATIONS = ("token", "sequence")
+MRD_PARAMS = ("all", "trainable")
 
 LogprobFn = Callable[[nn.Module, Mapping[str, Any]], "tuple[Tensor, Tensor]"]
 
@@ -207,10 +215,14 @@ class ParameterPerturbation:
         for n, p in model.named_parameters(): p.data.copy_(saved[n])
     """
 
-    def __init__(self, model: nn.Module, sigma: float, seed: int = 0, antithetic: bool = False):
+    def __init__(self, model: nn.Module, sigma: float, seed: int = 0, antithetic: bool = False,
+                 streams: Mapping[str, str] | None = None):
         self.model, self.sigma, self.seed, self.antithetic = model, sigma, seed, antithetic
         # named_parameters() lists a tied Parameter once, under its first name: one δ per object.
-        self.names = {id(p): name for name, p in model.named_parameters()}
+        # ``streams`` (see :func:`perturbed_parameters`): only these parameters are perturbed, each with the δ_k
+        # of its stream name; None: every parameter, under its own name.
+        self.names = {id(p): (name if streams is None else streams[name]) for name, p in model.named_parameters()
+                      if streams is None or name in streams}
         self._k: int | None = None
         self._active: dict[int, list] = {}  # id(param) -> [param, original data, nesting depth]
         self._handles: list = []
@@ -219,7 +231,7 @@ class ParameterPerturbation:
 
     def __enter__(self) -> "ParameterPerturbation":
         for module in self.model.modules():
-            if next(module.parameters(recurse=False), None) is None:
+            if not any(id(p) in self.names for p in module.parameters(recurse=False)):
                 continue
             # pre-hook after any existing one (ZeRO-3's gather), post-hook before (ZeRO-3's re-partition)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook))
@@ -254,6 +266,8 @@ class ParameterPerturbation:
         if self._k is None:
             return
         for p in module.parameters(recurse=False):
+            if id(p) not in self.names:  # not selected (mrd_params="trainable", or an adapter's own factor)
+                continue
             entry = self._active.get(id(p))
             if entry is not None:  # a tied parameter already perturbed by an enclosing module
                 entry[2] += 1
@@ -295,6 +309,72 @@ class ParameterPerturbation:
 
 
 # --------------------------------------------------------------------------------------------------
+# Which parameters are perturbed: mrd_params = "all" | "trainable"
+# --------------------------------------------------------------------------------------------------
+
+
+def _merged_name(name: str) -> str:
+    """The name a ``peft`` model's parameter has in the merged model (``export --merge``, ``merge_and_unload``):
+    ``base_model.model.`` prefix, ``.base_layer`` and ``.modules_to_save.<adapter>`` removed."""
+    if name.startswith("base_model.model."):
+        name = name[len("base_model.model."):]
+    parts = name.split(".")
+    out, i = [], 0
+    while i < len(parts):
+        if parts[i] == "base_layer":
+            i += 1
+        elif parts[i] == "modules_to_save":
+            i += 2  # ".modules_to_save.<adapter name>"
+        else:
+            out.append(parts[i])
+            i += 1
+    return ".".join(out)
+
+
+def perturbed_parameters(model: nn.Module, mrd_params: str = "all") -> dict[str, str]:
+    """The parameters MRD perturbs, ``{name in model.named_parameters(): δ stream name}``, in model order.
+
+    ``"all"``: the weights of the model *as it predicts*.
+      * A model without adapters: every parameter under its own name (MRD as in the paper; unchanged).
+      * A ``peft`` adapter model (:func:`~lit_unlearn.models.adapters.wrap_with_adapters`): every base weight,
+        under the name it has in the merged model, with the adapter factors held fixed. For an additive tuner
+        (LoRA, LoHa, LoKr: W_eff = W + ΔW(adapter), e.g. ΔW = (α/r)·B·A) a base-layer forward at W + δ gives
+        (W + δ)x + ΔW x = (W_eff + δ)x: exactly the merged model W_eff perturbed by δ ~ N(0, σ²I), with the same
+        δ_k as the merged model's (same stream names), so the scores equal those of the ``export --merge`` model
+        up to rounding (tested). Perturbing B and A as well would add s·(δ_B·A + B·δ_A + δ_B·δ_A), a perturbation
+        whose size depends on the rank and scaling, not the σ²I of the paper. For a multiplicative tuner (IA3:
+        W_eff = diag(l)·W) it is W_eff + diag(l)·δ. A ``modules_to_save`` copy (trained in full) replaces its
+        original module while the adapter is active, so the copy is perturbed and the original is not.
+    ``"trainable"``: only the parameters with ``requires_grad`` (the adapter weights of an adapter model),
+      under their own names; the base weights are never touched. MRD then measures how hard a sample is to
+      unlearn *through the adapters*: Δ_k = Σ_t (P_t(θ) − P_t(θ_base, φ + δ_k)) / P_t(θ) with φ the trainable
+      weights, and the analytic score is √(2/π)·σ·‖∇_φ Σ_t P_t / P_t‖.
+
+    Naive equivalent: ``{n: n for n, p in model.named_parameters() if mrd_params == "all" or p.requires_grad}``
+    (for a model without adapters).
+    """
+    from lit_unlearn.models.adapters import adapter_parameter_names, is_adapter_model
+
+    if mrd_params not in MRD_PARAMS:
+        raise ValueError(f"mrd_params must be one of {MRD_PARAMS}, got {mrd_params!r}")
+    named = list(model.named_parameters())  # a tied Parameter once
+    if mrd_params == "trainable":
+        selected = {name: name for name, p in named if p.requires_grad}
+        if not selected:
+            raise ValueError("MRD: mrd_params='trainable' but the model has no parameter with requires_grad=True; "
+                             "use mrd_params='all' (or unfreeze the weights to score)")
+        return selected
+    if not is_adapter_model(model):
+        return {name: name for name, _ in named}
+    adapters = adapter_parameter_names(model)
+    selected = {}
+    for name, _ in named:
+        if ".modules_to_save." in name or (name not in adapters and ".original_module." not in name):
+            selected[name] = _merged_name(name)
+    return selected
+
+
+# --------------------------------------------------------------------------------------------------
 # Setup helpers: input validation, numerics, modes
 # --------------------------------------------------------------------------------------------------
 
@@ -316,11 +396,21 @@ def _check_args(sigma: float, num_samples: int, estimator: str, antithetic: bool
             raise ValueError(f"antithetic pairs need an even num_samples, got {num_samples}")
 
 
-def _check_precision(model: nn.Module, allow_low_precision: bool, upcast: bool) -> nn.Module:
-    """Return the model to score: itself, or an fp32 copy when ``upcast``; refuse bf16/fp16 otherwise."""
-    params = list(model.parameters())
+def _check_precision(model: nn.Module, allow_low_precision: bool, upcast: bool,
+                     selected: Mapping[str, str] | None = None) -> nn.Module:
+    """Return the model to score: itself, or an fp32 copy when ``upcast``; refuse bf16/fp16 otherwise.
+
+    Only the ``selected`` parameters (:func:`perturbed_parameters`; None: all) are checked: adapters in fp32 on a
+    bf16 or 4-bit base can be scored with ``mrd_params="trainable"``.
+    """
+    params = [p for name, p in model.named_parameters() if selected is None or name in selected]
     if not params:
         raise ValueError("MRD: the model has no parameters to perturb")
+    quantized = sorted({str(p.dtype) for p in params if not p.dtype.is_floating_point})
+    if quantized:
+        raise ValueError(f"MRD: the weights to perturb include quantized ({quantized}) tensors, which cannot take "
+                         "a Gaussian perturbation (e.g. a 4-bit QLoRA base). Use mrd_params='trainable' to perturb "
+                         "only the adapter weights.")
     low = sorted({str(p.dtype) for p in params if p.dtype in (torch.float16, torch.bfloat16)})
     if not low:
         return model
@@ -477,7 +567,7 @@ def _loop_gradient_chunks(model: nn.Module, batch: Mapping[str, Any], params: li
 
 
 def _vmap_gradient_chunks(model: nn.Module, batch: Mapping[str, Any], normalization: str, p_floor: float,
-                          chunk_size: int) -> Iterator[list[Tensor]]:
+                          chunk_size: int, selected: Mapping[str, str] | None = None) -> Iterator[list[Tensor]]:
     """The same gradients from ``torch.func``: one vmapped forward and backward per chunk of samples instead of
     one per sample (on a GPU, where a tiny model's forward is launch-bound, ~10-20× faster). Needs a
     right-padded batch: the attention mask is left out, and under causal attention trailing padding cannot
@@ -486,7 +576,8 @@ def _vmap_gradient_chunks(model: nn.Module, batch: Mapping[str, Any], normalizat
 
     batch = _trim_trailing_padding(dict(batch))
     ids, labels = batch["input_ids"], batch["labels"]
-    weights = {name: p.detach() for name, p in model.named_parameters()}  # a tied Parameter appears once
+    weights = {name: p.detach() for name, p in model.named_parameters()  # a tied Parameter appears once
+               if selected is None or name in selected}  # the others are the module's own (functional_call)
 
     def objective(params: dict[str, Tensor], ids_b: Tensor, labels_b: Tensor) -> Tensor:
         logits = functional_call(model, params, (), {"input_ids": ids_b[None], "use_cache": False}).logits
@@ -506,8 +597,9 @@ class _PerSampleGradients:
     ``per_sample="auto"``, until it first fails: then a warning and the loop from there on), else the loop."""
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], logprob_fn: LogprobFn, normalization: str,
-                 p_floor: float, use_vmap: bool, strict: bool, chunk_size: int, loop_chunk_size: int):
-        self.model, self.params, self.logprob_fn = model, params, logprob_fn
+                 p_floor: float, use_vmap: bool, strict: bool, chunk_size: int, loop_chunk_size: int,
+                 selected: Mapping[str, str] | None = None):
+        self.model, self.params, self.logprob_fn, self.selected = model, params, logprob_fn, selected
         self.normalization, self.p_floor = normalization, p_floor
         self.use_vmap, self.strict = use_vmap, strict
         self.chunk_size, self.loop_chunk_size = chunk_size, loop_chunk_size
@@ -518,7 +610,7 @@ class _PerSampleGradients:
             if _right_padded(batch):
                 try:
                     return consume(_vmap_gradient_chunks(self.model, batch, self.normalization, self.p_floor,
-                                                         self.chunk_size))
+                                                         self.chunk_size, self.selected))
                 except (RuntimeError, NotImplementedError) as error:
                     if self.strict:
                         raise
@@ -649,6 +741,7 @@ def mrd_scores(
     logprob_fn: LogprobFn = causal_lm_logprobs,
     per_sample: str = "auto",
     control_variate: bool = False,
+    mrd_params: str = "all",
 ) -> Tensor:
     """MRD score of every sample of ``dataloader.dataset``: ``(len(dataset),)`` float32, by ``index``.
 
@@ -679,6 +772,10 @@ def mrd_scores(
             is Algorithm 1's (unbiased at any σ); the Monte-Carlo noise is what the first order leaves, so at
             small σ K=32 ranks like K=512 (benchmarks/mrd_speed.py). Costs one backward per sample and a second
             draw of every δ_k per batch. See the module docstring.
+        mrd_params: which weights δ perturbs (and the analytic/control-variate gradients are taken over):
+            ``"all"`` (the weights of the model as it predicts; on a ``peft`` LoRA model the base weights, which is
+            exactly the merged model W + (α/r)·B·A perturbed) or ``"trainable"`` (only the ``requires_grad``
+            weights: the adapters). See :func:`perturbed_parameters`.
 
     Returns:
         float32 tensor on CPU; smaller = harder to unlearn.
@@ -691,8 +788,11 @@ def mrd_scores(
                          "pairs already cancel the first-order term; analytic has no Monte-Carlo noise)")
     if per_sample not in PER_SAMPLE_MODES:
         raise ValueError(f"per_sample must be one of {PER_SAMPLE_MODES}, got {per_sample!r}")
-    scored_model = _check_precision(model, allow_low_precision, upcast)
-    params = list(scored_model.parameters())  # deduplicated: a tied Parameter appears once
+    selected = perturbed_parameters(model, mrd_params)
+    scored_model = _check_precision(model, allow_low_precision, upcast, selected)
+    # deduplicated (a tied Parameter appears once), in model order
+    params = [p for name, p in scored_model.named_parameters() if name in selected]
+    streams = None if mrd_params == "all" and all(k == v for k, v in selected.items()) else selected
     device = params[0].device
     if control_variate and any(hasattr(p, "ds_id") for p in params):
         raise ValueError("MRD: control_variate=True is not supported on a DeepSpeed ZeRO-3 partitioned model (it "
@@ -709,7 +809,8 @@ def mrd_scores(
     use_vmap = use_vmap and (per_sample == "vmap" or chunk_size > 1)  # "auto": one sample per chunk gains nothing
     gradients = _PerSampleGradients(scored_model, params, logprob_fn, normalization, p_floor, use_vmap,
                                     strict=per_sample == "vmap", chunk_size=chunk_size,
-                                    loop_chunk_size=chunk_size if control_variate else 1)
+                                    loop_chunk_size=chunk_size if control_variate else 1,
+                                    selected=streams)
     size = len(dataloader.dataset)
     distributed = dist.is_available() and dist.is_initialized()
 
@@ -719,7 +820,7 @@ def mrd_scores(
     # inference_mode(False): a caller inside Lightning's validation loop must still get gradients (analytic).
     with torch.inference_mode(False), torch.random.fork_rng(devices=rng_devices), eval_mode(scored_model), \
             _fp32_numerics(device.type), _gradients_enabled(params, needs_gradients), \
-            (ParameterPerturbation(scored_model, sigma, seed, antithetic) if estimator != "analytic"
+            (ParameterPerturbation(scored_model, sigma, seed, antithetic, streams) if estimator != "analytic"
              else nullcontext()) as perturb:
         bar = tqdm(dataloader, desc=f"MRD ({estimator})", disable=not progress or _dist_rank() != 0)
         for batch in bar:

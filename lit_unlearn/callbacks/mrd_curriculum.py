@@ -21,7 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lit_unlearn.analysis.mrd import ESTIMATORS, mrd_scores
+from lit_unlearn.analysis.mrd import ESTIMATORS, MRD_PARAMS, mrd_scores
 from lit_unlearn.utils.io import atomic_write_bytes, atomic_write_json
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -141,6 +141,9 @@ class MRDCurriculum(Callback):
             :func:`mrd_scores` (σ, K, ``"mean_abs"`` | ``"abs_mean"`` | ``"analytic"``, the first-order control
             variate of ``mean_abs`` (same mean, far less noise at small σ), CRN seed, ``"token"`` |
             ``"sequence"``, score an fp32 copy of a bf16/fp16 model).
+        mrd_params: ``"all"`` perturbs the weights of the model as it predicts (with LoRA adapters: the merged
+            weights W + (α/r)·B·A, by perturbing the base weights); ``"trainable"`` only the trainable (adapter)
+            weights. See :func:`lit_unlearn.analysis.mrd.perturbed_parameters`.
         batch_size: scoring batch size (default: the datamodule's).
         output_dir: where the files go (see above).
         log_histogram: write the PNG histograms (and TensorBoard histograms).
@@ -162,6 +165,7 @@ class MRDCurriculum(Callback):
         seed: int = 0,
         normalization: str = "token",
         upcast: bool = False,
+        mrd_params: str = "all",
         output_dir: str | None = None,
         log_histogram: bool = True,
         png_every_scoring: bool = False,
@@ -175,6 +179,8 @@ class MRDCurriculum(Callback):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if control_variate and estimator != "mean_abs":
             raise ValueError(f"control_variate=True needs estimator='mean_abs', got {estimator!r}")
+        if mrd_params not in MRD_PARAMS:
+            raise ValueError(f"MRDCurriculum: mrd_params must be one of {MRD_PARAMS}, got {mrd_params!r}")
         if not (isinstance(eps, (int, float)) and eps >= 0):
             raise ValueError(f"eps must be a number >= 0, got {eps!r}")
         self.every_n_epochs = every_n_epochs
@@ -189,6 +195,7 @@ class MRDCurriculum(Callback):
         self.seed = seed
         self.normalization = normalization
         self.upcast = upcast
+        self.mrd_params = mrd_params
         self.output_dir = output_dir
         self.log_histogram = log_histogram
         self.png_every_scoring = png_every_scoring
@@ -267,7 +274,7 @@ class MRDCurriculum(Callback):
         scores = mrd_scores(
             pl_module.model, loader, sigma=self.sigma, num_samples=self.num_samples, estimator=self.estimator,
             control_variate=self.control_variate, seed=self.seed, normalization=self.normalization,
-            upcast=self.upcast, progress=self.progress,
+            upcast=self.upcast, progress=self.progress, mrd_params=self.mrd_params,
         )  # (N,) float32, identical on every rank
         seconds = time.perf_counter() - start
         weights = curriculum_weights(scores, self.power, self.eps)
@@ -322,7 +329,7 @@ class MRDCurriculum(Callback):
         config = {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps, "power": self.power,
                   "eps": self.eps, "sigma": self.sigma, "num_samples": self.num_samples,
                   "estimator": self.estimator, "control_variate": self.control_variate, "seed": self.seed,
-                  "normalization": self.normalization}
+                  "normalization": self.normalization, "mrd_params": self.mrd_params}
         atomic_write_json(os.path.join(out_dir, "mrd_history.json"), {"config": config, "history": self.history})
         if plot_last:
             self.plot_last(out_dir)

@@ -13,16 +13,17 @@ attached it takes over and its settings are used.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from lightning.pytorch.callbacks import Callback
-
 from lit_unlearn.evaluation.config import EvalConfig
-from lit_unlearn.evaluation.lightning import LightningEvalRunner
+from lit_unlearn.evaluation.lightning import EvaluationCallback
 
 
-class TOFUReport(Callback):
-    """Args: see :class:`lit_unlearn.evaluation.config.EvalConfig` (same names and defaults)."""
+class TOFUReport(EvaluationCallback):
+    """Args: see :class:`lit_unlearn.evaluation.config.EvalConfig` (same names and defaults).
+
+    The evaluation itself (and the same hooks for any benchmark whose datamodule serves its datasets) is
+    :class:`lit_unlearn.evaluation.lightning.EvaluationCallback`; during ``fit`` it also runs on every
+    validation epoch when the datamodule evaluates during fit (``eval_during_fit``).
+    """
 
     def __init__(
         self,
@@ -38,34 +39,5 @@ class TOFUReport(Callback):
         plots: bool = True,
         store_generations: bool = True,
     ):
-        self.config = EvalConfig(max_new_tokens, generation, el_n, el_splits, el_batch_size, mia_k, retain_report,
-                                 report_dir, write_report, plots, store_generations)
-        self.runner = LightningEvalRunner(self.config)
-
-    @property
-    def last_report(self) -> dict[str, Any] | None:
-        return self.runner.last_report
-
-    def _start(self, trainer, pl_module, stage):
-        self.runner.start(trainer, pl_module, stage)
-
-    def _batch(self, pl_module, batch, dataloader_idx):
-        self.runner.step(pl_module, batch, dataloader_idx)
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._start(trainer, pl_module, "validate")
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch(pl_module, batch, dataloader_idx)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self.runner.end(trainer, pl_module, "validate")
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._start(trainer, pl_module, "test")
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch(pl_module, batch, dataloader_idx)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self.runner.end(trainer, pl_module, "test")
+        super().__init__(EvalConfig(max_new_tokens, generation, el_n, el_splits, el_batch_size, mia_k, retain_report,
+                                    report_dir, write_report, plots, store_generations))

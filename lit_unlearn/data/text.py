@@ -4,13 +4,18 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+from lit_unlearn.data.builtin_wmdp import WMDP_BUILTIN_VERSION, builtin_documents
 from lit_unlearn.data.sources import read_jsonl, read_text_file
 from lit_unlearn.data.tofu import EncodedDataset, UnlearningDataModule
 from lit_unlearn.data.tokenize import DataValidationError, encode_text
 
 
 def read_documents(pattern: str) -> list[str]:
-    """Documents from ``.txt`` files (one document per file) or ``.jsonl`` files (a ``text`` field per line)."""
+    """Documents from ``.txt`` files (one document per file), ``.jsonl`` files (a ``text`` field per line) or a
+    builtin corpus ``builtin:wmdp-mini/<corpus>`` (``data/builtin_wmdp.py``)."""
+    builtin = builtin_documents(pattern)
+    if builtin is not None:
+        return builtin
     files = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).is_file() else [])
     if not files:
         raise DataValidationError(f"No text files match {pattern!r}.")
@@ -39,7 +44,8 @@ class TextDataModule(UnlearningDataModule):
     IdkNLL/IdkDPO do not apply.
 
     Args:
-        forget_files: a glob or a file: ``.txt`` (one document each) or ``.jsonl`` (``text`` field).
+        forget_files: a glob or a file: ``.txt`` (one document each) or ``.jsonl`` (``text`` field), or a
+            builtin corpus such as ``builtin:wmdp-mini/forget-corpus`` (see ``data/builtin_wmdp.py``).
         retain_files: the same for the retain corpus.
     """
 
@@ -79,4 +85,5 @@ class TextDataModule(UnlearningDataModule):
 
     @property
     def data_version(self) -> str:
-        return f"text:{self.forget_files}|{self.retain_files or self.retain_split}"
+        version = f"|{WMDP_BUILTIN_VERSION}" if "builtin:" in f"{self.forget_files}{self.retain_files}" else ""
+        return f"text:{self.forget_files}|{self.retain_files or self.retain_split}{version}"

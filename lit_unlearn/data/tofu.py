@@ -172,12 +172,12 @@ class TOFUDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    # -- evaluation (the TOFU suite, lit_unlearn.evaluation) --------------------------------------------
+    # -- evaluation (the TOFU suite of data.tofu_eval, scored by lit_unlearn.evaluation) -------------------
     def eval_datasets(self) -> list:
         """One ``EvalDataset`` per evaluation split (built once)."""
         if self._eval_datasets is None:
-            from lit_unlearn.evaluation.config import resolve_split_map
-            from lit_unlearn.evaluation.data import build_eval_datasets
+            from lit_unlearn.data.eval_splits import resolve_split_map
+            from lit_unlearn.data.tofu_eval import build_eval_datasets
 
             splits = resolve_split_map(self.eval_splits, getattr(self, "forget_split", None))
             self._eval_datasets = build_eval_datasets(
@@ -188,7 +188,7 @@ class TOFUDataModule(L.LightningDataModule):
 
     def eval_dataloaders(self) -> list[DataLoader]:
         """One loader per evaluation split, in order (Lightning adds a ``DistributedSampler`` under DDP)."""
-        from lit_unlearn.evaluation.data import EvalCollator
+        from lit_unlearn.data.tofu_eval import EvalCollator
 
         collate = EvalCollator(self.load_tokenizer().pad_token_id)
         return [DataLoader(ds, batch_size=self.eval_batch_size or self.batch_size, shuffle=False,

@@ -16,7 +16,6 @@ Per batch of B samples the evaluator runs
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -24,9 +23,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_unlearn.evaluation.config import EVAL_KEYS, MIA_SCORES, EvalConfig, resolve_split_map
+from lit_unlearn.evaluation.core import (  # noqa: F401 (eval_dataloader, base_metadata: re-exported)
+    base_metadata,
+    dist_world,
+    eval_dataloader,
+    gather_objects,
+    load_model_and_tokenizer,
+    model_dtype,
+    model_label,
+)
 from lit_unlearn.evaluation.data import EvalCollator, EvalDataset, EvalSplit, build_eval_datasets
 from lit_unlearn.functional import metrics as F
 from lit_unlearn.functional.generation import check_generation_ids, greedy_generate, split_prompt_answer
@@ -86,19 +93,8 @@ class NormalizedProbability(PerSampleMetric):
 # ----------------------------------------------------------------------------- distributed helpers
 
 
-def _dist_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
-
-
-def _gather_objects(obj: Any) -> list[Any]:
-    world, _ = _dist_world()
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
+_dist_world = dist_world  # the old private names, kept
+_gather_objects = gather_objects
 
 
 def _zero3_enabled() -> bool:
@@ -300,31 +296,7 @@ class TOFUEvaluator:
 # ----------------------------------------------------------------------------- plain-Python driver
 
 
-def eval_dataloader(dataset: EvalDataset, batch_size: int, world_size: int = 1, rank: int = 0) -> DataLoader:
-    """Deterministic loader over ``dataset``; sharded with a ``DistributedSampler`` when ``world_size > 1``."""
-    sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-               if world_size > 1 else None)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                      collate_fn=EvalCollator(dataset.tokenizer.pad_token_id))
-
-
-def _model_dtype(model) -> str:
-    try:
-        return str(next(model.parameters()).dtype).replace("torch.", "")
-    except StopIteration:  # pragma: no cover
-        return "unknown"
-
-
-def base_metadata() -> dict[str, Any]:
-    import lit_unlearn
-    from lit_unlearn.utils.environment import environment_info
-
-    return {
-        "lit_unlearn_version": lit_unlearn.__version__,
-        "torch_version": torch.__version__,
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "environment": environment_info(),
-    }
+_model_dtype = model_dtype
 
 
 class TOFUEvaluation:
@@ -398,23 +370,8 @@ class TOFUEvaluation:
         self.seed = seed
 
     def _load(self):
-        from lit_unlearn.models.loading import load_causal_lm, load_tokenizer
-
-        tokenizer = self.tokenizer
-        if tokenizer is None:
-            if not isinstance(self.model_or_path, (str, os.PathLike)):
-                raise ValueError("TOFUEvaluation needs `tokenizer` when the model is given as an object.")
-            tokenizer = str(self.model_or_path)
-        if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = load_tokenizer(str(tokenizer))
-        model = self.model_or_path
-        if isinstance(model, (str, os.PathLike)):
-            model = load_causal_lm(str(model), tokenizer, dtype=self.dtype)
-        if self.device is not None:
-            model = model.to(self.device)
-        elif isinstance(self.model_or_path, (str, os.PathLike)) and torch.cuda.is_available():
-            model = model.to("cuda")
-        return model, tokenizer
+        return load_model_and_tokenizer(self.model_or_path, self.tokenizer, self.device, self.dtype,
+                                        who="TOFUEvaluation")
 
     def datasets(self, tokenizer) -> list[EvalDataset]:
         return build_eval_datasets(tokenizer, self.source, self.splits, self.max_length, self.max_samples, self.seed)
@@ -469,10 +426,4 @@ class TOFUEvaluation:
         return report
 
 
-def _model_label(model_or_path: Any, model: torch.nn.Module) -> str:
-    """The report's ``metadata.model``: the folder or hub name, or for an in-memory model a label that says so
-    (its weights may differ from the folder it was first loaded from, e.g. after unlearning)."""
-    if isinstance(model_or_path, (str, os.PathLike)):
-        return str(model_or_path)
-    origin = getattr(getattr(model, "config", None), "_name_or_path", "")
-    return f"in-memory {type(model).__name__}" + (f" (initialised from {origin})" if origin else "")
+_model_label = model_label

@@ -8,15 +8,28 @@ from lit_unlearn.metrics.base import PerSampleMetric
 from lit_unlearn.metrics.generation import ExtractionLikelihood, Rouge, RougeLRecall
 from lit_unlearn.metrics.likelihood import ForgetQuality, Perplexity, Probability, TruthRatio
 from lit_unlearn.metrics.memorization import ExtractionStrength, MemorizationAccuracy, UnlearningAccuracy
-from lit_unlearn.metrics.mia import MIAAUC, PrivLeak, mia_scores
+from lit_unlearn.metrics.mia import (
+    MIAAUC,
+    GradNormMIAAUC,
+    GradNormPrivLeak,
+    MIAKSweep,
+    PrivLeak,
+    ReferenceMIAAUC,
+    ReferencePrivLeak,
+    ScoreMIAAUC,
+    mia_scores,
+)
 from lit_unlearn.metrics.muse import KnowMem, MUSEPrivLeak, VerbMem
 
 __all__ = [
     "ExtractionLikelihood",
     "ExtractionStrength",
     "ForgetQuality",
+    "GradNormMIAAUC",
+    "GradNormPrivLeak",
     "KnowMem",
     "MIAAUC",
+    "MIAKSweep",
     "MUSEPrivLeak",
     "MemorizationAccuracy",
     "ModelUtility",
@@ -24,8 +37,11 @@ __all__ = [
     "Perplexity",
     "PrivLeak",
     "Probability",
+    "ReferenceMIAAUC",
+    "ReferencePrivLeak",
     "Rouge",
     "RougeLRecall",
+    "ScoreMIAAUC",
     "TruthRatio",
     "UnlearningAccuracy",
     "VerbMem",

@@ -136,9 +136,16 @@ def wrap_with_adapters(model: nn.Module, spec: Mapping[str, Any], seed: int = 0,
     peft = require_peft()
     config = make_peft_config(spec)
     check_target_modules(model, getattr(config, "target_modules", None))
+    from lit_unlearn.models.loading import outside_zero3
+
     base_ids = {id(p) for p in model.parameters()}
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    # outside_zero3: under DeepSpeed ZeRO-3, Lightning builds the model inside ``deepspeed.zero.Init``, which
+    # would partition each adapter layer as it is constructed, before peft initialises it (LoRA's B = 0):
+    # peft's init would then run on empty placeholders and the adapters keep nn.Linear's random init. Built
+    # plain here (identical on every rank: same seed), they are partitioned by the DeepSpeed engine, which
+    # converts parameters that are not yet ZeRO parameters (broadcasting rank 0's values).
+    with torch.random.fork_rng(devices=devices), outside_zero3():
         torch.manual_seed(seed)
         try:
             wrapped = peft.get_peft_model(model, config)

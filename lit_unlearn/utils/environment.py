@@ -102,4 +102,6 @@ def environment_info() -> dict[str, Any]:
         "gpus": gpu_names(),
         "torch_num_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernel path (see utils.cpu_kernels)
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
     }

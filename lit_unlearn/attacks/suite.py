@@ -1,0 +1,179 @@
+"""The attack suite: validate every attack's settings first, then run the quantization and relearning attacks on
+copies of one model and collect the robustness section of the report."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from lit_unlearn.attacks.evaluation import AttackEvalConfig, attack_metrics, evaluate
+from lit_unlearn.attacks.quantization import BACKENDS, check_schemes, quantize_model
+from lit_unlearn.attacks.relearn import RelearnConfig, plan_relearning, relearn_attack
+
+ATTACKS = ("quantize", "relearn")
+ROBUSTNESS_FORMAT = "lit_unlearn.robustness/1"
+
+
+@dataclass
+class QuantizeConfig:
+    """Settings of the quantization attack.
+
+    Args:
+        schemes: ``rtn``: ``int8`` (per channel), ``int4`` (groups of ``group_size``, symmetric),
+            ``int4-asym``; ``bitsandbytes``: ``llm.int8``, ``nf4``.
+        backend: ``rtn`` (torch, any device) or ``bitsandbytes`` (CUDA).
+        group_size: the int4 group size (default 128; ``None`` = one group per output channel; ``"auto"`` =
+            128 where it divides every quantized layer's input size, else per channel).
+    """
+
+    schemes: Sequence[str] = ("int8", "int4")
+    backend: str = "rtn"
+    group_size: int | None | str = 128
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schemes, str):
+            self.schemes = [s.strip() for s in self.schemes.split(",") if s.strip()]
+        self.schemes = list(self.schemes)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"quantize.backend must be one of {list(BACKENDS)}, got {self.backend!r}.")
+        if isinstance(self.group_size, str) and self.group_size not in ("auto", "default"):
+            try:
+                self.group_size = None if self.group_size.lower() in ("none", "null", "channel") else int(self.group_size)
+            except ValueError:
+                raise ValueError(f"quantize.group_size must be an integer, None or 'auto'; got {self.group_size!r}.") from None
+
+    @classmethod
+    def coerce(cls, value: "QuantizeConfig | dict[str, Any] | None") -> "QuantizeConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"quantize: unknown options {unknown}; choose from {sorted(cls.__dataclass_fields__)}.")
+            return cls(**value)
+        raise TypeError(f"quantize must be a QuantizeConfig, a dict or None, got {type(value).__name__}.")
+
+    def resolved_group_size(self, model: nn.Module) -> int | None:
+        """``group_size`` with ``"auto"`` resolved for ``model``."""
+        if self.group_size != "auto":
+            return self.group_size
+        from lit_unlearn.attacks.quantization import quantizable_linears
+
+        ok = all(m.in_features % 128 == 0 for _, m in quantizable_linears(model))
+        return 128 if ok else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce_attacks(attacks: Sequence[str] | str) -> list[str]:
+    if isinstance(attacks, str):
+        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
+    attacks = list(attacks)
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise ValueError(f"attacks: unknown or no attacks {unknown or attacks}; choose from {list(ATTACKS)}"
+                         " (e.g. --attacks relearn,quantize).")
+    return attacks
+
+
+def quantization_attack(model: nn.Module, tokenizer, config: QuantizeConfig | dict | None = None,
+                        eval_config: AttackEvalConfig | dict | None = None,
+                        baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` at full precision (or take ``baseline``, an :func:`attack_metrics` dict) and a
+    quantized copy per scheme: ``{"backend", "group_size", "results": {"full": metrics, "<scheme>": metrics},
+    "runtime_s"}``. Every scheme is checked against the model before the first evaluation."""
+    config = QuantizeConfig.coerce(config)
+    eval_config = AttackEvalConfig.coerce(eval_config)
+    group_size = config.resolved_group_size(model)
+    schemes = check_schemes(model, config.schemes, config.backend, group_size)
+    start = time.perf_counter()
+    results = {"full": baseline if baseline is not None else attack_metrics(evaluate(model, tokenizer, eval_config))}
+    for scheme in schemes:
+        quantized = quantize_model(model, scheme, config.backend)
+        name = scheme if isinstance(scheme, str) else scheme.name
+        results[name] = attack_metrics(evaluate(quantized, tokenizer, eval_config))
+        del quantized
+    return {"backend": config.backend, "group_size": group_size, "results": results,
+            "runtime_s": round(time.perf_counter() - start, 3)}
+
+
+@dataclass
+class AttackSettings:
+    """Everything :func:`run_attacks` needs besides the model (what a ``--config`` file holds)."""
+
+    attacks: Sequence[str] = ATTACKS
+    eval: AttackEvalConfig = field(default_factory=AttackEvalConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
+
+
+def run_attacks(model: nn.Module, tokenizer, attacks: Sequence[str] | str = ATTACKS,
+                eval: AttackEvalConfig | dict | None = None, quantize: QuantizeConfig | dict | None = None,
+                relearn: RelearnConfig | dict | None = None, out_dir: str | None = None,
+                model_label: str | None = None) -> dict[str, Any]:
+    """Run ``attacks`` (``quantize``, ``relearn``) against copies of ``model``; return the robustness section
+    ``{"format", "model", "eval", "quantize": {...}, "relearn": {...}}`` and, with ``out_dir``, write
+    ``robustness.json``, ``robustness.md`` and ``robustness.png`` there. Every setting is validated (schemes
+    against the model's layers, relearning data against the evaluated rows) before any evaluation.
+    ``model`` is never modified."""
+    attacks = _coerce_attacks(attacks)
+    eval_config = AttackEvalConfig.coerce(eval)
+    quant_config = QuantizeConfig.coerce(quantize)
+    relearn_config = RelearnConfig.coerce(relearn)
+    plan = None
+    if "quantize" in attacks:
+        check_schemes(model, quant_config.schemes, quant_config.backend, quant_config.resolved_group_size(model))
+    if "relearn" in attacks:
+        plan = plan_relearning(relearn_config, eval_config)
+    start = time.perf_counter()
+    section: dict[str, Any] = {"format": ROBUSTNESS_FORMAT, "model": model_label or type(model).__name__,
+                               "eval": eval_config.to_dict(), "attacks": attacks}
+    if "quantize" in attacks:
+        section["quantize"] = quantization_attack(model, tokenizer, quant_config, eval_config)
+    if "relearn" in attacks:
+        section["relearn"] = relearn_attack(model, tokenizer, relearn_config, eval_config, plan=plan)
+    section["runtime_s"] = round(time.perf_counter() - start, 3)
+    if out_dir is not None:
+        from lit_unlearn.attacks.report import write_robustness
+
+        section["files"] = {k: str(v) for k, v in write_robustness(section, out_dir).items()}
+    return section
+
+
+def robustness_summary(model: nn.Module, tokenizer, source: str = "builtin:tofu-mini", forget_split: str = "forget10",
+                       relearn_steps: int = 25, lr: float = 5e-4, batch_size: int = 4, max_new_tokens: int = 32,
+                       seed: int = 0, max_samples: int | None = None, progress: bool = False) -> dict[str, float | None]:
+    """Forget memorization accuracy and ROUGE-L recall of ``model``: at full precision, after 4-bit RTN
+    quantization (groups of 128 where the layers allow, else per channel: ``group_size="auto"``), and after
+    ``relearn_steps`` relearning steps on a seeded half of the forget split (evaluated on the other half,
+    before and after). Only the forget split is evaluated (no utility, no MIA): 4 forget-split evaluations
+    (two of half the rows) and ``relearn_steps`` training steps.
+
+    Returns ``{"forget_ma", "forget_rouge", "int4_forget_ma", "int4_forget_rouge", "relearn_forget_ma_before",
+    "relearn_forget_rouge_before", "relearn_forget_ma", "relearn_forget_rouge", "relearn_steps", "int4_group_size"}``.
+    """
+    eval_config = AttackEvalConfig(source=source, forget_split=forget_split, utility=False, mia=False,
+                                   max_new_tokens=max_new_tokens, max_samples=max_samples, seed=seed)
+    quant = quantization_attack(model, tokenizer, QuantizeConfig(schemes=["int4"], group_size="auto"), eval_config)
+    relearn = relearn_attack(model, tokenizer, RelearnConfig(steps=(0, relearn_steps), lr=lr, batch_size=batch_size,
+                                                            seed=seed, progress=progress), eval_config)
+    full, int4 = quant["results"]["full"], quant["results"][next(k for k in quant["results"] if k != "full")]
+    curve = relearn["curve"]
+    return {
+        "forget_ma": full["forget/memorization_accuracy"],
+        "forget_rouge": full["forget/rouge_l_recall"],
+        "int4_forget_ma": int4["forget/memorization_accuracy"],
+        "int4_forget_rouge": int4["forget/rouge_l_recall"],
+        "int4_group_size": quant["group_size"],
+        "relearn_forget_ma_before": curve["forget/memorization_accuracy"][0],
+        "relearn_forget_rouge_before": curve["forget/rouge_l_recall"][0],
+        "relearn_forget_ma": curve["forget/memorization_accuracy"][-1],
+        "relearn_forget_rouge": curve["forget/rouge_l_recall"][-1],
+        "relearn_steps": relearn_steps,
+    }
