@@ -249,6 +249,49 @@ def forget_ma_threshold(model_dir: Path, target: Path, source: str, forget_split
     return float(ma.mean())
 
 
+def demo_run_parts(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out: Path,
+                   settings: DemoSettings, seed: int, geffect: bool):
+    """The pieces every demo training run shares: the seeded objective module, its datamodule and the analysis
+    callbacks (MRD curriculum, G-effect); returns ``(module, data, callbacks)``."""
+    import lightning as L
+
+    import lit_unlearn.objectives as objectives
+    from lit_unlearn.callbacks import GEffectMonitor, MRDCurriculum
+
+    if "lr" in spec.kwargs:
+        raise ValueError(f"UnlearnSpec {spec.name!r}: give the learning rate as UnlearnSpec.lr, not in kwargs")
+    L.seed_everything(seed, verbose=False)
+    cls = getattr(objectives, spec.objective)
+    data = unlearning_data(target, source, forget_split, settings, seed)
+    lr = spec.lr if spec.lr is not None else settings.unlearn_lr
+    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=lr, seed=seed, **spec.kwargs)
+    callbacks: list = []
+    if spec.mrd:
+        callbacks.append(MRDCurriculum(every_n_epochs=settings.mrd_every_n_epochs, num_samples=settings.mrd_samples,
+                                       estimator=settings.mrd_estimator,
+                                       control_variate=settings.mrd_control_variate, batch_size=64, seed=seed,
+                                       output_dir=str(out / "mrd")))
+    if geffect:
+        callbacks.append(GEffectMonitor(every_n_steps=settings.geffect_every, output_dir=str(out / "geffect")))
+    return module, data, callbacks
+
+
+def matched_stopper(settings: DemoSettings, ma_threshold: float):
+    """The matched protocol's stop: forget-set mean MA at most ``ma_threshold``, checked every few steps."""
+    from lit_unlearn.callbacks import ForgettingEarlyStopping
+
+    return ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=ma_threshold,
+                                   check_every_n_steps=settings.matched_check_every, batch_size=64)
+
+
+def demo_trainer(settings: DemoSettings, max_epochs: int, callbacks: list, out: Path, progress: bool):
+    import lightning as L
+
+    return L.Trainer(accelerator=settings.accelerator, devices=1, max_epochs=max_epochs, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                     callbacks=callbacks, default_root_dir=str(out), deterministic="warn")
+
+
 def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out: Path, settings: DemoSettings,
             progress: bool = True, seed: int = 0, protocol: str = "budget", ma_threshold: float | None = None,
             geffect: bool | None = None):
@@ -257,41 +300,20 @@ def unlearn(spec: UnlearnSpec, target: Path, source: str, forget_split: str, out
     ``seed`` drives the batch order, dropout, RMU's control vector and MRD's perturbations. ``protocol``:
     ``"budget"`` trains ``settings.unlearn_epochs`` epochs; ``"matched"`` stops once the forget set's mean MA
     is at most ``ma_threshold`` (checked every ``settings.matched_check_every`` steps), at the latest after
-    ``settings.matched_max_epochs`` epochs.
+    ``settings.matched_max_epochs`` epochs. (The demo itself takes both protocols from one run:
+    :func:`unlearn_protocols`.)
     """
-    import lightning as L
-
-    import lit_unlearn.objectives as objectives
-    from lit_unlearn.callbacks import ForgettingEarlyStopping, GEffectMonitor, MRDCurriculum
-
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if protocol == "matched" and ma_threshold is None:
         raise ValueError("protocol='matched' needs ma_threshold (the retain model's mean forget-set MA)")
-    L.seed_everything(seed, verbose=False)
-    cls = getattr(objectives, spec.objective)
-    data = unlearning_data(target, source, forget_split, settings, seed)
-    if "lr" in spec.kwargs:
-        raise ValueError(f"UnlearnSpec {spec.name!r}: give the learning rate as UnlearnSpec.lr, not in kwargs")
-    lr = spec.lr if spec.lr is not None else settings.unlearn_lr
-    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=lr, seed=seed, **spec.kwargs)
-    callbacks = []
-    if spec.mrd:
-        callbacks.append(MRDCurriculum(every_n_epochs=settings.mrd_every_n_epochs, num_samples=settings.mrd_samples,
-                                       estimator=settings.mrd_estimator,
-                                       control_variate=settings.mrd_control_variate, batch_size=64, seed=seed,
-                                       output_dir=str(out / "mrd")))
-    if spec.geffect if geffect is None else geffect:
-        callbacks.append(GEffectMonitor(every_n_steps=settings.geffect_every, output_dir=str(out / "geffect")))
+    module, data, callbacks = demo_run_parts(spec, target, source, forget_split, out, settings, seed,
+                                             spec.geffect if geffect is None else geffect)
     max_epochs = settings.unlearn_epochs
     if protocol == "matched":
-        callbacks.append(ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=ma_threshold,
-                                                 check_every_n_steps=settings.matched_check_every, batch_size=64))
+        callbacks.append(matched_stopper(settings, ma_threshold))
         max_epochs = settings.matched_max_epochs
-    trainer = L.Trainer(accelerator=settings.accelerator, devices=1, max_epochs=max_epochs, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        callbacks=callbacks, default_root_dir=str(out), deterministic="warn")
-    trainer.fit(module, datamodule=data)
+    demo_trainer(settings, max_epochs, callbacks, out, progress).fit(module, datamodule=data)
     return module, callbacks
 
 
@@ -361,42 +383,19 @@ def unlearn_protocols(spec: UnlearnSpec, target: Path, source: str, forget_split
                       ma_threshold: float | None = None, geffect: bool = False):
     """One training run that yields the model of every protocol in ``settings.protocols`` (see
     :class:`ProtocolSnapshots`); returns ``(module, callbacks, {protocol: ProtocolOutcome})``."""
-    import lightning as L
-
-    import lit_unlearn.objectives as objectives
-    from lit_unlearn.callbacks import ForgettingEarlyStopping, GEffectMonitor, MRDCurriculum
-
     protocols = settings.protocols
     if "matched" in protocols and ma_threshold is None:
         raise ValueError("the matched protocol needs ma_threshold (the retain model's mean forget-set MA)")
-    L.seed_everything(seed, verbose=False)
-    cls = getattr(objectives, spec.objective)
-    data = unlearning_data(target, source, forget_split, settings, seed)
-    if "lr" in spec.kwargs:
-        raise ValueError(f"UnlearnSpec {spec.name!r}: give the learning rate as UnlearnSpec.lr, not in kwargs")
-    lr = spec.lr if spec.lr is not None else settings.unlearn_lr
-    module = cls(model_name_or_path=str(target), tokenizer=str(target), lr=lr, seed=seed, **spec.kwargs)
-    callbacks: list = []
-    if spec.mrd:
-        callbacks.append(MRDCurriculum(every_n_epochs=settings.mrd_every_n_epochs, num_samples=settings.mrd_samples,
-                                       estimator=settings.mrd_estimator,
-                                       control_variate=settings.mrd_control_variate, batch_size=64, seed=seed,
-                                       output_dir=str(out / "mrd")))
-    if geffect:
-        callbacks.append(GEffectMonitor(every_n_steps=settings.geffect_every, output_dir=str(out / "geffect")))
+    module, data, callbacks = demo_run_parts(spec, target, source, forget_split, out, settings, seed, geffect)
     stopper = None
     max_epochs = settings.unlearn_epochs
     if "matched" in protocols:
-        stopper = ForgettingEarlyStopping(criterion="mean_ma", ma_threshold=ma_threshold,
-                                          check_every_n_steps=settings.matched_check_every, batch_size=64)
+        stopper = matched_stopper(settings, ma_threshold)
         callbacks.append(stopper)
         max_epochs = max(settings.matched_max_epochs, settings.unlearn_epochs if "budget" in protocols else 0)
     snapshots = ProtocolSnapshots(protocols, settings.unlearn_epochs, stopper)
     callbacks.append(snapshots)  # after the stopper: it reads the stopper's decision of the same step
-    trainer = L.Trainer(accelerator=settings.accelerator, devices=1, max_epochs=max_epochs, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        callbacks=callbacks, default_root_dir=str(out), deterministic="warn")
-    trainer.fit(module, datamodule=data)
+    demo_trainer(settings, max_epochs, callbacks, out, progress).fit(module, datamodule=data)
     return module, callbacks, snapshots.outcomes
 
 

@@ -139,7 +139,8 @@ def test_reference_reports_are_cached_with_the_models(micro_demo, tmp_path):
     assert cached and report["summary"] == micro_demo.reports["target"]["summary"]
     assert (tmp_path / "target" / "report.md").is_file()
     _, cached = cached_reference_report("target", micro_demo.target, "builtin:tofu-mini", "forget01",
-                                        tmp_path / "other", replace(MICRO, max_samples=3), retain_report,
+                                        tmp_path / "other", replace(MICRO, max_new_tokens=MICRO.max_new_tokens + 1),
+                                        retain_report,
                                         progress=False)
     assert not cached
 

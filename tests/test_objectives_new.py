@@ -332,6 +332,10 @@ def gru_gradients(module, forget_batch, retain_batch):
 def test_gru_update_does_not_increase_the_retain_loss_to_first_order(finetuned_tiny, builtin_tokenizer_path,
                                                                      forget_batch, retain_batch):
     module = make_module(GRU, finetuned_tiny, builtin_tokenizer_path)
+    # GA alone may or may not conflict with the retain gradient on a given machine's model (it did on the Xeon,
+    # not on the EPYC); adding the negated retain NLL makes the conflict certain, so the projection is exercised
+    ga_loss = module.forget_loss
+    module.forget_loss = lambda batch: ga_loss(batch) - losses.nll(*module.sample_logprobs(retain_batch))
     applied, unlearn, retain = gru_gradients(module, forget_batch, retain_batch)
     # an independent retain gradient: the HF model's own loss (token-mean NLL over labelled tokens)
     params = module.trainable_parameters()
@@ -339,9 +343,9 @@ def test_gru_update_does_not_increase_the_retain_loss_to_first_order(finetuned_t
                        labels=retain_batch["labels"])
     independent = torch.autograd.grad(out.loss, params)
     for a, b in zip(retain, independent):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # float32 sums in another order
     dot = lambda xs, ys: sum((x.double() * y.double()).sum() for x, y in zip(xs, ys)).item()  # noqa: E731
-    assert dot(unlearn, retain) < 0  # GA on this model conflicts with retention: the projection is active
+    assert dot(unlearn, retain) < 0  # the objective conflicts with retention: the projection is active
     # the update is −applied, the retain descent direction −∇retain: ⟨−applied, −∇retain⟩ >= 0
     assert dot(applied, independent) >= -1e-6 * math.sqrt(dot(applied, applied) * dot(independent, independent))
     assert any(not torch.allclose(a, u) for a, u in zip(applied, unlearn))

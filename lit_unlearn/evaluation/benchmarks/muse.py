@@ -366,10 +366,14 @@ def finalize_muse_report(results: Mapping[str, Any], metadata: Mapping[str, Any]
         retain_auc = None if retain is None else retain.get("mia", {}).get(score, {}).get("auc")
         if retain is not None and retain_auc is None:
             reason = f"the retain report has no {score} AUC"
+        elif retain_auc is not None and retain_auc >= 1.0:  # privleak divides by 1 − AUC_retain
+            reason = (f"the retain model's {score} AUC is {retain_auc:g}: PrivLeak divides by 1 − AUC_retain, so it "
+                      "is undefined (a perfectly separating attack on the retain model; more samples usually fix it)")
+            retain_auc = None
         for s, entry in report["mia"].items():
             ref = None if retain is None else retain.get("mia", {}).get(s, {}).get("auc")
             entry["retain_auc"] = ref
-            entry["privleak"] = None if ref is None else F.privleak(entry["auc"], ref)
+            entry["privleak"] = None if ref is None or ref >= 1.0 else F.privleak(entry["auc"], ref)
         report["privleak"] = ({"value": report["mia"][score]["privleak"], "available": True, "reason": None,
                                "score": score, "auc": auc, "retain_auc": retain_auc, "retain_report": config.retain_report}
                               if retain_auc is not None else
