@@ -16,6 +16,8 @@ from typing import Any
 
 from torch import nn
 
+from lit_unlearn.utils.hparams import coerce_settings
+
 #: forget-split metrics kept in the robustness report (``forget/<name>``): what the attacks try to restore
 FORGET_METRICS = ("rouge_l_recall", "memorization_accuracy", "probability", "truth_ratio", "extraction_strength")
 #: short labels of the report tables
@@ -78,16 +80,8 @@ class AttackEvalConfig:
 
     @classmethod
     def coerce(cls, value: "AttackEvalConfig | dict[str, Any] | None") -> "AttackEvalConfig":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ValueError(f"eval: unknown options {unknown}; choose from {sorted(cls.__dataclass_fields__)}.")
-            return cls(**value)
-        raise TypeError(f"eval must be an AttackEvalConfig, a dict or None, got {type(value).__name__}.")
+        return coerce_settings(cls, value, "eval",
+                               "eval: unknown options {unknown}; choose from {known}.", mapping=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

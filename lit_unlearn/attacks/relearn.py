@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from lit_unlearn.attacks.evaluation import AttackEvalConfig, attack_metrics, evaluate
+from lit_unlearn.utils.hparams import coerce_settings
 
 DEFAULT_STEPS = (0, 5, 10, 25, 50)
 
@@ -94,16 +95,8 @@ class RelearnConfig:
 
     @classmethod
     def coerce(cls, value: "RelearnConfig | dict[str, Any] | None") -> "RelearnConfig":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ValueError(f"relearn: unknown options {unknown}; choose from {sorted(cls.__dataclass_fields__)}.")
-            return cls(**value)
-        raise TypeError(f"relearn must be a RelearnConfig, a dict or None, got {type(value).__name__}.")
+        return coerce_settings(cls, value, "relearn",
+                               "relearn: unknown options {unknown}; choose from {known}.", mapping=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -12,6 +12,7 @@ from torch import nn
 from lit_unlearn.attacks.evaluation import AttackEvalConfig, attack_metrics, evaluate
 from lit_unlearn.attacks.quantization import BACKENDS, check_schemes, quantize_model
 from lit_unlearn.attacks.relearn import RelearnConfig, plan_relearning, relearn_attack
+from lit_unlearn.utils.hparams import coerce_settings
 
 ATTACKS = ("quantize", "relearn")
 ROBUSTNESS_FORMAT = "lit_unlearn.robustness/1"
@@ -47,16 +48,8 @@ class QuantizeConfig:
 
     @classmethod
     def coerce(cls, value: "QuantizeConfig | dict[str, Any] | None") -> "QuantizeConfig":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ValueError(f"quantize: unknown options {unknown}; choose from {sorted(cls.__dataclass_fields__)}.")
-            return cls(**value)
-        raise TypeError(f"quantize must be a QuantizeConfig, a dict or None, got {type(value).__name__}.")
+        return coerce_settings(cls, value, "quantize",
+                               "quantize: unknown options {unknown}; choose from {known}.", mapping=dict)
 
     def resolved_group_size(self, model: nn.Module) -> int | None:
         """``group_size`` with ``"auto"`` resolved for ``model``."""

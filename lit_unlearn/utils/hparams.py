@@ -43,3 +43,22 @@ def objective_record(module: Any) -> dict[str, Any]:
         "class_path": f"{cls.__module__}.{cls.__qualname__}",
         "init_args": {k: jsonable(v) for k, v in sorted(hparams.items()) if not str(k).startswith("_")},
     }
+
+
+def coerce_settings(cls: type, value: Any, what: str, unknown: str, mapping: type = Mapping) -> Any:
+    """A settings dataclass from ``value``: ``None`` → the defaults, an instance of ``cls`` → itself, a ``mapping``
+    → ``cls(**value)`` once every key is a field (else ``ValueError(unknown.format(unknown=..., known=...))``).
+    Anything else is a ``TypeError`` naming ``what``. One place for the ``coerce`` classmethods of the
+    evaluation and attack settings (MUSE, WMDP, relearning, quantization, attack evaluation)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, mapping):
+        known = sorted(cls.__dataclass_fields__)
+        extra = sorted(set(value) - set(known))
+        if extra:
+            raise ValueError(unknown.format(unknown=extra, known=known))
+        return cls(**value)
+    article = "an" if cls.__name__[:1] in "AEIOU" else "a"
+    raise TypeError(f"{what} must be {article} {cls.__name__}, a dict or None, got {type(value).__name__}.")

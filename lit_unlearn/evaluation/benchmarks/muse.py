@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from lit_unlearn.data.text import TextDataModule
 from lit_unlearn.evaluation.core import Benchmark, BenchmarkEvaluation, gather_objects, harmonic_mean
 from lit_unlearn.functional import muse as M
+from lit_unlearn.utils.hparams import coerce_settings
 
 __all__ = ["MUSEBenchmark", "MUSEConfig", "MUSEDataModule", "MUSEEvaluation", "MUSEEvaluator", "MUSE_KEYS"]
 
@@ -127,16 +128,8 @@ class MUSEConfig:
 
     @classmethod
     def coerce(cls, value: "MUSEConfig | Mapping[str, Any] | None") -> "MUSEConfig":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ValueError(f"Unknown MUSE evaluation settings {unknown}; known: {sorted(cls.__dataclass_fields__)}.")
-            return cls(**value)
-        raise TypeError(f"MUSE eval config must be a MUSEConfig, a dict or None, got {type(value).__name__}.")
+        return coerce_settings(cls, value, "MUSE eval config",
+                               "Unknown MUSE evaluation settings {unknown}; known: {known}.")
 
 
 # ----------------------------------------------------------------------------- datasets

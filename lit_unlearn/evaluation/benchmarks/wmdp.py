@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from lit_unlearn.data.text import TextDataModule
 from lit_unlearn.evaluation.core import Benchmark, BenchmarkEvaluation, harmonic_mean
+from lit_unlearn.utils.hparams import coerce_settings
 
 __all__ = ["WMDPBenchmark", "WMDPConfig", "WMDPEvaluation", "finalize_wmdp_report"]
 
@@ -105,16 +106,8 @@ class WMDPConfig:
 
     @classmethod
     def coerce(cls, value: "WMDPConfig | Mapping[str, Any] | None") -> "WMDPConfig":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ValueError(f"Unknown WMDP evaluation settings {unknown}; known: {sorted(cls.__dataclass_fields__)}.")
-            return cls(**value)
-        raise TypeError(f"WMDP eval config must be a WMDPConfig, a dict or None, got {type(value).__name__}.")
+        return coerce_settings(cls, value, "WMDP eval config",
+                               "Unknown WMDP evaluation settings {unknown}; known: {known}.")
 
 
 class _Trigger(Dataset):
@@ -279,8 +272,6 @@ class WMDPEvaluation(BenchmarkEvaluation):
 
 
 # ----------------------------------------------------------------------------- Lightning data
-
-
 
 
 class WMDPDataModule(TextDataModule):
