@@ -110,6 +110,20 @@ def model_label(model_or_path: Any, model: torch.nn.Module) -> str:
     return f"in-memory {type(model).__name__}" + (f" (initialised from {origin})" if origin else "")
 
 
+def run_metadata(model_or_path: Any, model: torch.nn.Module, world_size: int, batch_size: int) -> dict[str, Any]:
+    """The report metadata every benchmark records about how it ran: model, ranks, precision, device, batch."""
+    return {
+        "model": model_label(model_or_path, model),
+        "world_size": world_size,
+        "strategy": "torch.distributed" if world_size > 1 else "single_process",
+        "backend": torch.distributed.get_backend() if world_size > 1 else None,
+        "precision": model_dtype(model),
+        "device": str(next(model.parameters()).device),
+        "batch_size": batch_size,
+        "effective_batch_size": batch_size * world_size,
+    }
+
+
 def load_model_and_tokenizer(model_or_path, tokenizer=None, device=None, dtype: str | None = None,
                              who: str = "The evaluation"):
     """``(model, tokenizer)`` from objects or paths/hub names (``load_causal_lm``/``load_tokenizer``).
@@ -340,14 +354,7 @@ class BenchmarkEvaluation:
             **base_metadata(),
             "benchmark": bench.name,
             **bench.data_identity(),
-            "model": model_label(self.model_or_path, model),
-            "world_size": world_size,
-            "strategy": "torch.distributed" if world_size > 1 else "single_process",
-            "backend": torch.distributed.get_backend() if world_size > 1 else None,
-            "precision": model_dtype(model),
-            "device": str(next(model.parameters()).device),
-            "batch_size": self.batch_size,
-            "effective_batch_size": self.batch_size * world_size,
+            **run_metadata(self.model_or_path, model, world_size, self.batch_size),
             "eval_config": bench.config_dict(),
             "splits": {dataset_key(d): getattr(d, "split", dataset_key(d)) for d in datasets},
             "runtime_s": round(time.perf_counter() - start, 3),

@@ -33,6 +33,7 @@ from lit_unlearn.evaluation.core import (  # noqa: F401 (eval_dataloader, base_m
     load_model_and_tokenizer,
     model_dtype,
     model_label,
+    run_metadata,
 )
 from lit_unlearn.evaluation.data import EvalCollator, EvalDataset, EvalSplit, build_eval_datasets
 from lit_unlearn.functional import metrics as F
@@ -406,14 +407,7 @@ class TOFUEvaluation:
             **base_metadata(),
             "source": self.source,
             "data_version": source_version(self.source, self.seed),
-            "model": _model_label(self.model_or_path, model),
-            "world_size": world_size,
-            "strategy": "torch.distributed" if world_size > 1 else "single_process",
-            "backend": torch.distributed.get_backend() if world_size > 1 else None,
-            "precision": _model_dtype(model),
-            "device": str(next(model.parameters()).device),
-            "batch_size": self.batch_size,
-            "effective_batch_size": self.batch_size * world_size,
+            **run_metadata(self.model_or_path, model, world_size, self.batch_size),
             "max_length": self.max_length,
             "max_samples": self.max_samples,
             "eval_config": self.config.to_dict(),
