@@ -20,7 +20,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -379,12 +379,15 @@ def plot_report(report: Mapping[str, Any]) -> bytes:
     return _figure_png(fig)
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and (``plots``) ``metrics.png`` to ``out_dir``, atomically."""
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, plots: bool = True,
+                 render: Callable[[Mapping[str, Any]], str] | None = None) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` (``render``, default the TOFU :func:`render_markdown`) and
+    (``plots``, TOFU reports only) ``metrics.png`` to ``out_dir``, atomically."""
     out = Path(out_dir)
     data = {k: v for k, v in report.items()}
     data["metadata"] = {k: v for k, v in report.get("metadata", {}).items() if k != "report_path"}
-    paths = {"json": atomic_write_json(out / REPORT_FILE, data), "md": atomic_write_text(out / "report.md", render_markdown(report))}
+    markdown = (render or render_markdown)(report)
+    paths = {"json": atomic_write_json(out / REPORT_FILE, data), "md": atomic_write_text(out / "report.md", markdown)}
     if plots:
         paths["png"] = atomic_write_bytes(out / "metrics.png", plot_report(report))
     return paths

@@ -231,14 +231,9 @@ class WMDPBenchmark(Benchmark):
         return out
 
     def write(self, report: Mapping[str, Any], out_dir: str | os.PathLike, plots: bool = True) -> dict[str, Any]:
-        from lit_unlearn.evaluation.report import REPORT_FILE
-        from lit_unlearn.utils.io import atomic_write_json, atomic_write_text
+        from lit_unlearn.evaluation.report import write_report
 
-        out = Path(out_dir)
-        data = dict(report)
-        data["metadata"] = {k: v for k, v in report.get("metadata", {}).items() if k != "report_path"}
-        return {"json": atomic_write_json(out / REPORT_FILE, data),
-                "md": atomic_write_text(out / "report.md", render_wmdp_markdown(report))}
+        return write_report(report, out_dir, plots=False, render=render_wmdp_markdown)  # no metrics.png: its panels are TOFU's
 
 
 class WMDPEvaluation(BenchmarkEvaluation):
