@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo demo-full lock benchmarks clean
+.PHONY: install test demo demo-full demo-benchmarks lock benchmarks clean
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ demo: install
 
 demo-full: install
 	$(VENV)/bin/lit-unlearn demo --full
+
+demo-benchmarks: install
+	$(VENV)/bin/lit-unlearn demo-benchmarks
 
 # Regenerate the lock file: resolve setup.cfg's ranges in a throw-away venv and freeze the result.
 lock:

@@ -6,6 +6,11 @@ relearning with the schedule 0, 5, 10, 25, 50 on half the forget split), alterna
 and the suite's total against the 2-minute budget of issue #16 (ratio < 1 = within budget).
 
     python benchmarks/attack_speed.py [--model FOLDER] [--repeats 2] [--threads 2] [--max-samples N]
+    python benchmarks/attack_speed.py --demo-columns   # the demo's robustness columns of one model
+
+``--demo-columns`` times instead :func:`lit_unlearn.pipeline.demo_robustness` (int4 + 25 relearning steps,
+forget MA and ROUGE-L only: what ``make demo`` adds per matched model) against the same attacks with the whole
+TOFU suite as evaluation, alternating, and prints both and their ratio.
 
 Default model: the builtin target model of the demo (trained once and cached, see ``lit_unlearn.pipeline``).
 """
@@ -26,6 +31,7 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=None, help="rows per split (quick check)")
     parser.add_argument("--steps", default="0,5,10,25,50", help="relearning schedule")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--demo-columns", action="store_true", help="time the demo's robustness columns")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -42,12 +48,28 @@ def main() -> None:
     model = load_causal_lm(args.model, tokenizer)
     eval_config = AttackEvalConfig(max_samples=args.max_samples, max_new_tokens=args.max_new_tokens)
 
-    attacks = {
-        "quantize (full, int8, int4)": lambda: quantization_attack(
-            model, tokenizer, QuantizeConfig(schemes=["int8", "int4"], group_size="auto"), eval_config),
-        f"relearn (steps {args.steps})": lambda: relearn_attack(
-            model, tokenizer, RelearnConfig(steps=args.steps, lr=5e-4, progress=False, accelerator="cpu"), eval_config),
-    }
+    if args.demo_columns:
+        from lit_unlearn.pipeline import DemoSettings, demo_robustness
+
+        settings = DemoSettings(max_samples=args.max_samples)
+        suite = AttackEvalConfig(max_samples=args.max_samples, max_new_tokens=settings.max_new_tokens, utility=False,
+                                 mia=False, max_length=64)
+        attacks = {
+            "demo columns (forget probe)": lambda: demo_robustness(model, tokenizer, "builtin:tofu-mini", "forget10",
+                                                                  settings, 0),
+            "same attacks, whole suite": lambda: (
+                quantization_attack(model, tokenizer, QuantizeConfig(schemes=["int4"], group_size="auto"), suite),
+                relearn_attack(model, tokenizer, RelearnConfig(steps=(0, 25), lr=5e-4, progress=False,
+                                                               accelerator="cpu", max_length=64), suite)),
+        }
+    else:
+        attacks = {
+            "quantize (full, int8, int4)": lambda: quantization_attack(
+                model, tokenizer, QuantizeConfig(schemes=["int8", "int4"], group_size="auto"), eval_config),
+            f"relearn (steps {args.steps})": lambda: relearn_attack(
+                model, tokenizer, RelearnConfig(steps=args.steps, lr=5e-4, progress=False, accelerator="cpu"),
+                eval_config),
+        }
     times: dict[str, list[float]] = {name: [] for name in attacks}
     names = list(attacks)
     for round_ in range(args.repeats):
@@ -63,7 +85,11 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<32} {median:9.1f} {min(values):7.1f}..{max(values):<7.1f} {median / total:7.1%}")
-    print(f"suite total {total:.1f} s; ratio to the 2-minute budget {total / 120:.2f}")
+    if args.demo_columns:
+        cheap, full = (statistics.median(t) for t in times.values())
+        print(f"demo columns / whole-suite attacks: {cheap / full:.2f}")
+    else:
+        print(f"suite total {total:.1f} s; ratio to the 2-minute budget {total / 120:.2f}")
 
 
 if __name__ == "__main__":

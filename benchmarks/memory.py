@@ -8,7 +8,10 @@ combination of
 
 * full fine-tuning vs LoRA (``configs/peft/lora.yaml``: rank 8 on the 7 attention and MLP projections),
 * the old log-probs (the whole ``(B, T, V)`` logits upcast and log-softmaxed at once) vs the chunked ones
-  (:func:`lit_unlearn.functional.tokens.chunked_label_logprobs`; forced here with ``LOGPROB_MEMORY_BOUND = 0``).
+  (:func:`lit_unlearn.functional.tokens.chunked_label_logprobs`; forced here with ``LOGPROB_MEMORY_BOUND = 0``),
+
+plus, with gradient checkpointing on (``gradient_checkpointing=True``, see
+:mod:`lit_unlearn.models.checkpointing`), full fine-tuning and LoRA with the chunked log-probs (18 in all).
 
 On a CPU the peak is the process's resident-set high-water mark (``VmHWM`` of ``/proc/self/status``) minus the
 resident set before the models were built (Python, torch and the batch); on CUDA it is
@@ -21,13 +24,17 @@ size i, batch B × S tokens, weights of b_w bytes and activations of b_a bytes::
          + P·b_w   (full fine-tuning)     live reference model (LoRA: 0, the adapter-disabled base)
          + T·b_g + 2·T·4                  gradients of the trainable weights + AdamW's two fp32 moments
          + a·L·B·S·(h + i)·b_a            activations saved for backward (a fitted: full and LoRA apart)
+           or (c·L·B·S·h                  with checkpointing: per layer, its input hidden state (c fitted; 1
+                                          would be the bare input, the measured c is larger)
+               + a_ckpt·B·S·(h + i))·b_a  plus the one layer recomputed in the backward pass, with its
+                                          backward buffers (a_ckpt fitted)
          + n·B·S·V·4                      the logits and their gradient (n fitted)
          + n_old·B·S·V·4                  old log-probs: the float32 log-softmax copies (n_old fitted)
            or 2·C                         chunked log-probs: one chunk of C = LOGPROB_CHUNK_BYTES forward and
                                           one in backward, whatever V is
 
-The coefficients (a_full, a_lora, n, n_old) are fitted by least squares on the relative error of all twelve
-measurements, and the ratio measured / model is printed for each (target: within 15 %). The model then
+The coefficients (a_full, a_lora, n, n_old, c, a_ckpt) are fitted by least squares on the relative error of all
+eighteen measurements, and the ratio measured / model is printed for each (target: within 15 %). The model then
 predicts a Llama-3-8B-shaped model (hidden 4096, 32 layers, MLP 14336, vocabulary 128 256, 32 heads / 8 KV
 heads) in bf16 at batch 4 × 512 tokens: full fine-tuning under ZeRO-3 on N GPUs (per GPU: bf16 weights,
 reference and gradients plus fp32 master weights and AdamW moments, all partitioned 1/N; activations and
@@ -133,15 +140,22 @@ class Coefficients:
     a_lora: float
     n_logits: float
     n_old: float
+    #: with gradient checkpointing: saved elements per (layer × token × h), the layers' input hidden states
+    c_ckpt: float = 1.0
+    #: with gradient checkpointing: elements per (token × (h + i)) of the one layer recomputed in the backward
+    #: pass (None: the mode's a_full / a_lora)
+    a_ckpt: float | None = None
 
 
 def predict(shape: Shape, mode: str, logprobs: str, batch: int, seq: int, coef: Coefficients,
-            weight_bytes: float = 4, act_bytes: float = 4, world: int = 1, qlora: bool = False) -> dict[str, float]:
+            weight_bytes: float = 4, act_bytes: float = 4, world: int = 1, qlora: bool = False,
+            checkpointing: bool = False) -> dict[str, float]:
     """The modelled peak of one NPO step, per component in bytes (``total`` is their sum).
 
     ``mode``: ``"full"`` (with ``world`` > 1: ZeRO-3, the weights, reference, gradients, fp32 master copy and
     AdamW moments partitioned over ``world`` GPUs) or ``"lora"`` (``qlora``: the projections in NF4).
-    ``logprobs``: ``"old"`` or ``"chunked"``. See the module docstring for the formula.
+    ``logprobs``: ``"old"`` or ``"chunked"``. ``checkpointing``: gradient checkpointing (the activation term
+    becomes the layers' input hidden states plus one layer's activations). See the module docstring.
     """
     p, tokens = shape.params, batch * seq
     out: dict[str, float] = {}
@@ -166,7 +180,9 @@ def predict(shape: Shape, mode: str, logprobs: str, batch: int, seq: int, coef: 
         a = coef.a_lora
     else:
         raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}")
-    out["activations"] = a * shape.layers * tokens * (shape.hidden + shape.intermediate) * act_bytes
+    if checkpointing and coef.a_ckpt is not None:
+        a = coef.a_ckpt
+    out["activations"] = activation_elements(shape, tokens, a, coef.c_ckpt, checkpointing) * act_bytes
     out["logits"] = coef.n_logits * tokens * shape.vocab * 4
     if logprobs == "old":
         out["logprobs"] = coef.n_old * tokens * shape.vocab * 4
@@ -178,25 +194,40 @@ def predict(shape: Shape, mode: str, logprobs: str, batch: int, seq: int, coef: 
     return out
 
 
+def activation_elements(shape: Shape, tokens: int, a: float, c: float, checkpointing: bool) -> float:
+    """Elements saved for backward at the peak: ``a·L·N·(h + i)``, or with checkpointing ``c·L·N·h`` (every
+    layer's input hidden state) ``+ a·N·(h + i)`` (the one layer being recomputed), for N = B·S tokens."""
+    if checkpointing:
+        return c * shape.layers * tokens * shape.hidden + a * tokens * (shape.hidden + shape.intermediate)
+    return a * shape.layers * tokens * (shape.hidden + shape.intermediate)
+
+
 def fit(measurements: list[dict[str, Any]], batch: int, seq: int) -> Coefficients:
     """Least squares on the relative error: minimise Σ ((model − measured) / measured)² over (a_full, a_lora,
-    n_logits, n_old); the model is linear in them, so this is a weighted linear least-squares problem."""
+    n_logits, n_old, c_ckpt, a_ckpt); the model is linear in them, so this is a weighted linear least-squares problem.
+    Measurements without a ``checkpointing`` key are without checkpointing."""
     import numpy as np
 
     rows, targets = [], []
     shapes = SHAPES
-    zero = Coefficients(0.0, 0.0, 0.0, 0.0)
+    zero = Coefficients(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     for m in measurements:
         shape = shapes[m["shape"]]
+        ckpt = bool(m.get("checkpointing", False))
         fixed = predict(shape, m["mode"], m["logprobs"], batch, seq, zero)["total"]  # weights, grads, AdamW, chunk
         tokens = batch * seq
-        act = shape.layers * tokens * (shape.hidden + shape.intermediate) * 4
+        act = activation_elements(shape, tokens, 1.0, 0.0, ckpt) * 4
+        hidden = activation_elements(shape, tokens, 0.0, 1.0, ckpt) * 4
         v = tokens * shape.vocab * 4
-        row = [act if m["mode"] == "full" else 0.0, act if m["mode"] == "lora" else 0.0, v,
-               v if m["logprobs"] == "old" else 0.0]
+        row = [act if m["mode"] == "full" and not ckpt else 0.0, act if m["mode"] == "lora" and not ckpt else 0.0,
+               v, v if m["logprobs"] == "old" else 0.0, hidden, act if ckpt else 0.0]
         rows.append([x / m["peak_bytes"] for x in row])
         targets.append((m["peak_bytes"] - fixed) / m["peak_bytes"])
-    solution, *_ = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)
+    matrix = np.array(rows)
+    if not matrix[:, 4].any():  # no checkpointed measurement: c keeps its nominal value (one hidden state)
+        solution, *_ = np.linalg.lstsq(matrix[:, :4], np.array(targets), rcond=None)
+        return Coefficients(*(float(x) for x in solution), c_ckpt=1.0, a_ckpt=None)
+    solution, *_ = np.linalg.lstsq(matrix, np.array(targets), rcond=None)
     return Coefficients(*(float(x) for x in solution))
 
 
@@ -246,7 +277,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     peft = {"r": LORA_RANK, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": list(LORA_TARGETS)} \
         if cfg["mode"] == "lora" else None
     module = RandomInitNPO("random-init", tokenizer="random-init", reference="live", retain_loss="none", lr=1e-5,
-                           peft=peft)
+                           peft=peft, gradient_checkpointing=bool(cfg.get("checkpointing", False)))
     module.configure_model()
     module.train()
     optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=1e-5)
@@ -262,6 +293,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         peak = _proc_status_kib("VmHWM") * 1024 - base
     return {**cfg, "peak_bytes": int(peak), "baseline_bytes": int(base), "seconds": round(seconds, 2),
+            "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "params": sum(p.numel() for p in module.model.parameters()),
             "trainable": sum(p.numel() for p in module.trainable_parameters()), "loss": float(loss)}
 
@@ -286,13 +318,35 @@ def predictions(coef: Coefficients, batch: int = 4, seq: int = 512, shape: Shape
                                       ("full + ZeRO-3, 4 GPUs", "full", 4, False),
                                       ("full + ZeRO-3, 8 GPUs", "full", 8, False), ("LoRA, 1 GPU", "lora", 1, False),
                                       ("QLoRA, 1 GPU", "lora", 1, True)):
-        for logprobs in ("old", "chunked"):
+        for logprobs, checkpointing in (("old", False), ("chunked", False), ("chunked", True)):
             parts = predict(shape, mode, logprobs, batch, seq, coef, weight_bytes=2, act_bytes=2, world=world,
-                            qlora=qlora)
-            rows.append({"config": label, "logprob_mode": logprobs, "world": world,
+                            qlora=qlora, checkpointing=checkpointing)
+            rows.append({"config": label, "logprob_mode": logprobs, "checkpointing": checkpointing, "world": world,
                          **{k: round(v / GIB, 3) for k, v in parts.items()},
                          "fits_40GB": parts["total"] <= 40e9, "fits_80GB": parts["total"] <= 80e9})
     return rows
+
+
+def config_key(cfg: dict[str, Any]) -> tuple:
+    """What makes two measurements the same configuration."""
+    return (cfg["shape"], cfg["mode"], cfg["logprobs"], bool(cfg.get("checkpointing", False)), cfg["batch"],
+            cfg["seq"], cfg["threads"], cfg["device"])
+
+
+def reusable(path: str, configs: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """``--reuse``: the measurements of a recorded run (same shape, mode, log-probs, checkpointing, batch,
+    sequence, threads and device) for configurations of this run, each marked with the date it was recorded
+    (``recorded``), so a run adding configurations need not measure the others again."""
+    recorded = json.loads(Path(path).read_text())
+    wanted = {config_key(c) for c in configs}
+    out = {}
+    for m in recorded["measurements"]:
+        m = {**m, "checkpointing": bool(m.get("checkpointing", False)),
+             "recorded": m.get("recorded", recorded["date"])}
+        m.pop("model_bytes", None), m.pop("ratio", None)
+        if config_key(m) in wanted:
+            out[config_key(m)] = m
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -304,23 +358,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     shapes = [s for s in (QUICK_SHAPES if args.quick else MEASURED_SHAPES) if not args.shapes or s.name in args.shapes]
-    configs = [{"shape": shape.name, "mode": mode, "logprobs": logprobs, "batch": args.batch, "seq": args.seq,
-                "threads": args.threads, "device": device}
-               for shape in shapes for mode in ("full", "lora") for logprobs in ("old", "chunked")]
+    variants = [(mode, logprobs, False) for mode in ("full", "lora") for logprobs in ("old", "chunked")]
+    variants += [(mode, "chunked", True) for mode in ("full", "lora")]
+    configs = [{"shape": shape.name, "mode": mode, "logprobs": logprobs, "checkpointing": ckpt, "batch": args.batch,
+                "seq": args.seq, "threads": args.threads, "device": device}
+               for shape in shapes for mode, logprobs, ckpt in variants]
     # each configuration is its own process, so running several at once leaves every high-water mark its own
     # (CPU only: on one GPU the allocator statistics would mix)
     jobs = args.jobs if device == "cpu" else 1
+    reused = reusable(args.reuse, configs) if args.reuse else {}
+    todo = [c for c in configs if config_key(c) not in reused]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        measurements = []
-        for result in pool.map(measure, configs[::-1]):  # largest first
+        measurements = [reused[k] for k in map(config_key, configs[::-1]) if k in reused]
+        for m in measurements:
+            print(f"reused   {m['shape']:<11} {m['mode']:<4} {m['logprobs']:<7} peak {m['peak_bytes'] / GIB:7.3f} GiB"
+                  f" (recorded {m['recorded']})", flush=True)
+        for result in pool.map(measure, todo[::-1]):  # largest first
             measurements.append(result)
-            print(f"measured {result['shape']:<11} {result['mode']:<4} {result['logprobs']:<7} peak "
+            print(f"measured {result['shape']:<11} {result['mode']:<4} {result['logprobs']:<7} "
+                  f"{'ckpt' if result['checkpointing'] else '    '} peak "
                   f"{result['peak_bytes'] / GIB:7.3f} GiB ({result['seconds']:.1f} s)", flush=True)
-    measurements = measurements[::-1]
+    order = {config_key(c): i for i, c in enumerate(configs)}
+    measurements.sort(key=lambda m: order[config_key(m)])
     coef = fit(measurements, args.batch, args.seq)
     by_name = SHAPES
     for m in measurements:
-        model = predict(by_name[m["shape"]], m["mode"], m["logprobs"], args.batch, args.seq, coef)["total"]
+        model = predict(by_name[m["shape"]], m["mode"], m["logprobs"], args.batch, args.seq, coef,
+                        checkpointing=m["checkpointing"])["total"]
         m["model_bytes"] = int(model)
         m["ratio"] = round(m["peak_bytes"] / model, 4)
     eight_b = predictions(coef)
@@ -342,30 +406,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def reuse_note(result: dict[str, Any]) -> str:
+    """A sentence naming the measurements taken over from an earlier run (``--reuse``), or ''."""
+    dates = sorted(m["recorded"] for m in result["measurements"] if m.get("recorded", result["date"]) != result["date"])
+    if not dates:
+        return ""
+    when = dates[0] if dates[0] == dates[-1] else f"between {dates[0]} and {dates[-1]}"
+    return (f" {len(dates)} of the {len(result['measurements'])} measurements are taken over from earlier runs of the"
+            f" same script and settings (`--reuse`), recorded {when}.")
+
+
+def ckpt_note(c: dict[str, Any]) -> str:
+    """The recomputed layer's fitted coefficient, when fitted."""
+    if c.get("a_ckpt") is None:
+        return ""
+    return f" and a_ckpt = {c['a_ckpt']:.1f} per token and (h + i) for the recomputed layer"
+
+
 def render(result: dict[str, Any]) -> str:
     """The Markdown tables of a recorded run (docs/peft.md's ``memory`` block)."""
     env = result["environment"]
     lines = [f"Recorded {result['date']} on {env.get('processor') or env.get('machine', '?')} "
              f"({result['device']}, torch {env.get('packages', {}).get('torch', '?')}), by `benchmarks/memory.py`: "
-             f"NPO with a live reference, AdamW, batch {result['batch']} × {result['seq']} tokens, fp32.", "",
-             "| model | weights | fine-tuning | log-probs | measured peak | model | measured / model |",
-             "|---|---|---|---|---|---|---|"]
+             f"NPO with a live reference, AdamW, batch {result['batch']} × {result['seq']} tokens, fp32."
+             f"{reuse_note(result)}",
+             "",
+             "| model | weights | fine-tuning | log-probs | checkpointing | measured peak | model | measured / model |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in result["measurements"]:
         shape = result["shapes"][m["shape"]]
-        lines.append(f"| {m['shape']} | {shape['params'] / 1e6:.0f} M | {m['mode']} | {m['logprobs']} | "
+        ckpt = "yes" if m.get("checkpointing") else "no"
+        lines.append(f"| {m['shape']} | {shape['params'] / 1e6:.0f} M | {m['mode']} | {m['logprobs']} | {ckpt} | "
                      f"{m['peak_bytes'] / GIB:.2f} GiB | {m['model_bytes'] / GIB:.2f} GiB | {m['ratio']:.2f} |")
     c = result["coefficients"]
     lines += ["", f"Fitted: a_full = {c['a_full']:.1f}, a_lora = {c['a_lora']:.1f} saved activation elements per "
-              f"layer, token and (h + i); n = {c['n_logits']:.2f} float32 copies of the logits (with their "
+              f"layer, token and (h + i); with checkpointing c = {c.get('c_ckpt', 1.0):.1f} per layer, token and h"
+              f"{ckpt_note(c)}; n = {c['n_logits']:.2f} float32 copies of the logits (with their "
               f"gradient), n_old = {c['n_old']:.2f} more for the old log-softmax. Largest deviation "
               f"{result['max_relative_error'] * 100:.1f} %.", "",
               "Predicted per-GPU peak for a Llama-3-8B-shaped model (8.0 B weights, vocabulary 128 256) in bf16, "
               "batch 4 × 512 tokens:", "",
-              "| configuration | log-probs | weights | reference | gradients | optimizer | activations | "
-              "logits + log-probs | total | ≤ 40 GB | ≤ 80 GB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| configuration | log-probs | checkpointing | weights | reference | gradients | optimizer | "
+              "activations | logits + log-probs | total | ≤ 40 GB | ≤ 80 GB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["prediction_8b"]:
-        lines.append(f"| {r['config']} | {r['logprob_mode']} | {r['weights']:.1f} | {r['reference']:.1f} | "
+        ckpt = "yes" if r.get("checkpointing") else "no"
+        lines.append(f"| {r['config']} | {r['logprob_mode']} | {ckpt} | {r['weights']:.1f} | {r['reference']:.1f} | "
                      f"{r['gradients']:.1f} | {r['optimizer']:.1f} | {r['activations']:.1f} | "
                      f"{r['logits'] + r['logprobs']:.1f} | **{r['total']:.1f}** | {'yes' if r['fits_40GB'] else 'no'} | "
                      f"{'yes' if r['fits_80GB'] else 'no'} |")
@@ -385,6 +471,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", nargs="+", help="only these measured shapes (names of MEASURED_SHAPES)")
     parser.add_argument("--jobs", type=int, default=1, help="CPU: configurations measured at once (separate processes)")
+    parser.add_argument("--reuse", help="a recorded JSON whose measurements of the same configurations are taken"
+                        " instead of measuring them again (each keeps its `recorded` date)")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even when CUDA is available")
     parser.add_argument("--render", help="print (or with --page, write into the page) the tables of a recorded JSON")
     parser.add_argument("--page", help="the Markdown page whose `memory` generated block --render rewrites")
@@ -410,8 +498,11 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(render(result))
     print(f"written {out}; largest |measured / model − 1| = {result['max_relative_error']:.3f} "
-          f"(target ≤ {TOLERANCE}); LoRA NPO at 8B (chunked) "
-          f"{next(r['total'] for r in result['prediction_8b'] if r['config'] == 'LoRA, 1 GPU' and r['logprob_mode'] == 'chunked'):.1f} GiB")
+          f"(target ≤ {TOLERANCE})")
+    for r in result["prediction_8b"]:
+        if r["config"] == "LoRA, 1 GPU" and r["logprob_mode"] == "chunked":
+            print(f"LoRA NPO at 8B (chunked, checkpointing {'on' if r['checkpointing'] else 'off'}): "
+                  f"{r['total']:.1f} GiB; ≤ 40 GB: {r['fits_40GB']}")
 
 
 if __name__ == "__main__":

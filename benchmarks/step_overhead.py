@@ -22,7 +22,13 @@ machine cancels); the ratio ours/bare is printed per round with its spread. Timi
 beyond the model's forward/backward/optimizer goes (the top functions by own time, and the cumulative time of
 Lightning's loop, logging, the finiteness check and ``token_logprobs``).
 
+``--ops NAME`` runs ``torch.profiler`` over ``--steps`` steps of ours *and* of the bare loop for one objective and
+prints self-CPU time per step by operator for both sides, sorted by the difference (ours − bare), with the
+totals: what the extra time is made of (extra kernels, extra calls), as shares, which are meaningful on a busy
+machine too.
+
     python benchmarks/step_overhead.py [--steps 6] [--rounds 2] [--threads 2] [--small] [--profile GradDiff]
+    python benchmarks/step_overhead.py --ops GradDiff --steps 3
 
 ``--small`` (hidden 128, 2 layers, sequence 64, vocabulary 2048, batch 4 + 4) is a quick check that it runs.
 """
@@ -279,6 +285,59 @@ def profile(setup: Setup, objective: str, steps: int) -> str:
     return f"{objective}: median step {statistics.median(times) * 1000:.1f} ms over {len(times)} steps\n" + out.getvalue()
 
 
+class _TorchProfilerSwitch:
+    """``enable``/``disable`` (what :func:`run_ours` calls on a cProfile) for a ``torch.profiler.profile``."""
+
+    def __init__(self, prof):
+        self.prof = prof
+
+    def enable(self) -> None:
+        self.prof.start()
+
+    def disable(self) -> None:
+        self.prof.stop()
+
+
+def op_times(prof, steps: int) -> dict[str, tuple[float, float]]:
+    """Operator → (self-CPU ms per step, calls per step) of a finished ``torch.profiler`` run."""
+    return {e.key: (e.self_cpu_time_total / 1000 / steps, e.count / steps) for e in prof.key_averages()}
+
+
+def op_profile(setup: Setup, objective: str, steps: int, top: int = 30, deterministic: bool = True) -> str:
+    """Self-CPU time per step by operator, ours vs bare, sorted by the difference (see the module docstring)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = make_model(setup)
+    batches = make_batches(setup, steps + 1)
+    bare = Bare(objective, model, batches)
+    bare.run(batches, 1)  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as bare_prof:
+        bare.run(batches, steps)
+    ours_prof = torch_profile(activities=[ProfilerActivity.CPU])
+    run_ours(objective, model, batches, setup, steps, profile=_TorchProfilerSwitch(ours_prof),
+             deterministic=deterministic)
+    ours, base = op_times(ours_prof, steps), op_times(bare_prof, steps)
+    total_ours, total_bare = sum(v[0] for v in ours.values()), sum(v[0] for v in base.values())
+
+    def share(side: dict, total: float, key: str) -> float:
+        return side.get(key, (0.0, 0.0))[0] / total
+
+    # shares of each side's own total: comparable even when the machine's load differs between the two runs
+    keys = sorted(set(ours) | set(base), key=lambda k: -abs(share(ours, total_ours, k) - share(base, total_bare, k)))
+    lines = [f"{objective}: self-CPU per step (torch.profiler, {steps} steps each): ours {total_ours:.1f} ms, bare "
+             f"{total_bare:.1f} ms (absolute times need a quiet machine; shares and calls do not)",
+             f"{'operator':<48} {'ours %':>8} {'bare %':>8} {'diff pp':>8} {'calls ours':>10} {'calls bare':>10}"]
+    for k in keys[:top]:
+        o, b = share(ours, total_ours, k), share(base, total_bare, k)
+        lines.append(f"{k[:48]:<48} {o:8.2%} {b:8.2%} {(o - b) * 100:+8.2f} {ours.get(k, (0, 0))[1]:10.1f} "
+                     f"{base.get(k, (0, 0))[1]:10.1f}")
+    extra = sorted(((ours.get(k, (0, 0))[1] - base.get(k, (0, 0))[1], k) for k in set(ours) | set(base)),
+                   reverse=True)
+    lines.append("most extra calls per step (ours − bare): " + ", ".join(f"{k} {n:+.0f}" for n, k in extra[:8]))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side and round (after a warm-up)")
@@ -287,12 +346,18 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a small shape, for a quick check that it runs")
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--profile", choices=OBJECTIVES, help="cProfile our step of one objective instead")
+    parser.add_argument("--ops", choices=OBJECTIVES, help="torch.profiler: self-CPU by operator, ours vs bare")
+    parser.add_argument("--no-deterministic", action="store_true",
+                        help="--ops: run ours without trainer.deterministic='warn' (what `lit-unlearn fit` sets)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     setup = SMALL if args.small else Setup()
     print(f"shape {setup}, fp32, {args.threads} threads, torch {torch.__version__}", flush=True)
     if args.profile:
         print(profile(setup, args.profile, args.steps))
+        return
+    if args.ops:
+        print(op_profile(setup, args.ops, args.steps, deterministic=not args.no_deterministic))
         return
     rows = compare(setup, args.objectives, args.steps, args.rounds)
     by = {r["objective"]: r for r in rows}

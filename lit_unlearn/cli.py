@@ -7,6 +7,7 @@
   installed packages add objectives through the ``lit_unlearn.objectives`` entry points
   (:mod:`lit_unlearn.registry`); ``fit --model NPO --help`` prints that objective's parameters.
 * ``lit-unlearn demo`` — the embedded-default pipeline (see :mod:`lit_unlearn.pipeline`).
+* ``lit-unlearn demo-benchmarks`` — the same on builtin MUSE and WMDP data (see :mod:`lit_unlearn.benchmark_demo`).
 * ``lit-unlearn report RUN1 RUN2 ... --out DIR`` — compare evaluation reports (table + UC-vs-UT scatter).
 * ``lit-unlearn export --ckpt_path CKPT --out DIR`` — a Hugging Face folder from a checkpoint file or a
   DeepSpeed ZeRO checkpoint folder (see :mod:`lit_unlearn.export`).
@@ -43,6 +44,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("test", "the same evaluation in a test loop"),
     Command("demo", "the builtin end-to-end run: data, target and retain models, unlearning, evaluation, report",
             "lit_unlearn.pipeline:demo_main"),
+    Command("demo-benchmarks", "the builtin demo on MUSE and WMDP: trained target models, one objective each, reports",
+            "lit_unlearn.benchmark_demo:demo_benchmarks_main"),
     Command("report", "compare the report.json of several runs: a table and a utility-vs-forgetting scatter",
             "lit_unlearn.evaluation.cli:report_main"),
     Command("export", "write a Hugging Face folder from a Lightning checkpoint or a DeepSpeed ZeRO checkpoint",

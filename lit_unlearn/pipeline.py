@@ -3,6 +3,8 @@
 Stages: builtin data → BPE tokenizer → target model (trained on every author) and retain model (trained
 without the forget authors) → evaluation of both → unlearning of the forget split with each objective (with
 and without the MRD curriculum), with several seeds, under two protocols → evaluation of each run →
+robustness columns of each matched-protocol model (forget MA/ROUGE-L after 4-bit RTN quantization and after
+relearning; :func:`demo_robustness`, ``DemoSettings.robustness``; the model is saved as ``<run>/model``) →
 ``report.md`` with the mean and spread over seeds, a UC-vs-UT scatter with the spread, MRD histograms and
 G-effect curves, and ``summary.json`` (every run's headline numbers, the settings and the environment).
 
@@ -37,6 +39,10 @@ from lit_unlearn.utils.environment import DEFAULT_NUM_THREADS
 from lit_unlearn.utils.io import atomic_write_json, cache_dir
 
 MIN_TARGET_MEMORIZATION = 0.8
+# The demo computes with one torch thread per process and runs its unlearning runs in parallel processes: at
+# this model size most of a step is single-threaded Python, so two 1-thread processes on two cores do about
+# 1.4-1.7x the work of one 2-thread process, and a 1-thread result needs no particular core count to reproduce.
+DEMO_NUM_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,25 @@ def cached_finetune(kind: str, config: FinetuneConfig, tokenizer: str, progress:
         return finetune(config, tokenizer, folder, progress), False
 
 
+def cached_models(configs: dict[str, FinetuneConfig], tokenizer: str, workers: int = 1,
+                  progress: bool = True) -> dict[str, tuple[Path, bool]]:
+    """:func:`cached_finetune` for each ``{kind: config}``; the models the cache lacks are trained in parallel
+    processes when ``workers > 1`` (each at its config's thread count, so the weights are the same)."""
+    missing = [kind for kind, config in configs.items()
+               if not (cache_dir() / "models" / f"{kind}-{model_key(config, tokenizer)}" / "lit_unlearn.json").is_file()]
+    if workers <= 1 or len(missing) <= 1:
+        return {kind: cached_finetune(kind, config, tokenizer, progress) for kind, config in configs.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(missing)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {kind: pool.submit(cached_finetune, kind, configs[kind], tokenizer, False) for kind in missing}
+        built = {kind: future.result() for kind, future in futures.items()}
+    return {kind: built[kind] if kind in built else cached_finetune(kind, config, tokenizer, progress)
+            for kind, config in configs.items()}
+
+
 @torch.no_grad()
 def memorization_accuracy_on(model_dir: str | Path, split: str, source: str = "builtin:tofu-mini",
                              max_length: int = 64) -> float:
@@ -212,7 +237,14 @@ class DemoSettings:
     protocols: tuple[str, ...] = ("budget", "matched")  # see the module docstring
     matched_max_epochs: int = 10  # step cap of the matched protocol, in passes over the forget split
     matched_check_every: int = 5  # optimizer steps between two forget-MA checks of the matched protocol
-    num_threads: int = DEFAULT_NUM_THREADS  # torch CPU threads of the whole demo (recorded in every output)
+    num_threads: int = DEMO_NUM_THREADS  # torch CPU threads per process (recorded in every output)
+    # processes running the runs in parallel (changes no number); 0 = cores // num_threads, the CLI's default. More
+    # than one spawns fresh processes, so a script calling run_demo needs the ``if __name__ == "__main__":`` guard.
+    workers: int = 1
+    robustness: bool = True  # forget MA/ROUGE-L of each matched model after int4 quantization and relearning
+    robustness_relearn_steps: int = 25  # relearning steps on half of the forget split (issue #16)
+    robustness_lr: float = 5e-4  # relearning AdamW lr (the tiny builtin model; 7B models use ~1e-5)
+    robustness_batch_size: int = 4  # relearning samples per step
 
     def __post_init__(self) -> None:
         unknown = set(self.protocols) - set(PROTOCOLS)
@@ -220,6 +252,9 @@ class DemoSettings:
             raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {self.protocols}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if self.workers < 0 or self.num_threads < 1:
+            raise ValueError(f"workers must be >= 0 (0 = automatic) and num_threads >= 1, got workers={self.workers},"
+                             f" num_threads={self.num_threads}")
 
 
 PROTOCOLS = ("budget", "matched")
@@ -400,8 +435,9 @@ def unlearn_protocols(spec: UnlearnSpec, target: Path, source: str, forget_split
 
 
 def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settings: DemoSettings,
-             retain_report: Path | None = None, progress: bool = True, name: str | None = None) -> dict:
-    """The TOFU-style suite on one model; writes ``out/report.{json,md}`` and plots."""
+             retain_report: Path | None = None, progress: bool = True, name: str | None = None,
+             plots: bool = True) -> dict:
+    """The TOFU-style suite on one model; writes ``out/report.{json,md}`` and (``plots``) ``metrics.png``."""
     from lit_unlearn.evaluation import TOFUEvaluation
 
     pct = forget_split.removeprefix("forget")
@@ -411,12 +447,73 @@ def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settin
     evaluation = TOFUEvaluation(model, tokenizer=tokenizer, source=source, splits=splits,
                                 retain_report=retain_report, max_new_tokens=settings.max_new_tokens,
                                 batch_size=settings.eval_batch_size, max_length=64,
-                                max_samples=settings.max_samples, out_dir=out, progress=progress,
+                                max_samples=settings.max_samples, out_dir=out, progress=progress, plots=plots,
                                 el_splits=["forget"])  # EL (a generation per answer prefix) is a forget metric
     report = evaluation.run()
     if name is not None:
         report.setdefault("metadata", {})["run_name"] = name
     return report
+
+
+def demo_robustness(model, tokenizer, source: str, forget_split: str, settings: DemoSettings, seed: int) -> dict:
+    """The demo's robustness columns of one model (:func:`lit_unlearn.attacks.robustness_summary`): forget MA
+    and ROUGE-L at full precision and after 4-bit RTN quantization (whole forget split), and on a seeded half
+    of the forget split before and after ``settings.robustness_relearn_steps`` relearning steps on the other
+    half; evaluated like the demo's reports (``max_new_tokens``, ``max_samples``, 64 tokens per sample)."""
+    from lit_unlearn.attacks import robustness_summary
+
+    return robustness_summary(model, tokenizer, source=source, forget_split=forget_split,
+                              relearn_steps=settings.robustness_relearn_steps, lr=settings.robustness_lr,
+                              batch_size=settings.robustness_batch_size, max_new_tokens=settings.max_new_tokens,
+                              seed=seed, max_samples=settings.max_samples, progress=False,
+                              eval_batch_size=settings.eval_batch_size, max_length=64,
+                              accelerator=settings.accelerator)
+
+
+def attack_code_hash() -> str:
+    """:func:`evaluation_code_hash` and the source of :mod:`lit_unlearn.attacks`: cached robustness columns
+    are reused only while both are unchanged."""
+    attacks = Path(__file__).resolve().parent / "attacks"
+    digest = hashlib.sha256(evaluation_code_hash().encode())
+    for file in sorted(attacks.glob("*.py")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_reference_robustness(kind: str, model_dir: Path, source: str, forget_split: str,
+                                settings: DemoSettings) -> tuple[dict, bool]:
+    """:func:`demo_robustness` of the cached ``retain``/``target`` model (at the first seed), computed only
+    when the cache has none for this model, these settings and this evaluation and attack code (like
+    :func:`cached_reference_report`). Returns ``(columns, cached)``."""
+    from lit_unlearn.models.loading import load_causal_lm, load_tokenizer
+    from lit_unlearn.utils.locks import file_lock
+
+    keys = ("max_new_tokens", "eval_batch_size", "max_samples", "num_threads", "robustness_relearn_steps",
+            "robustness_lr", "robustness_batch_size", "accelerator")
+    payload = {"model": model_dir.name, "source": source, "forget_split": forget_split, "seed": settings.seeds[0],
+               "settings": {k: getattr(settings, k) for k in keys}, "code": attack_code_hash()}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    file = cache_dir() / "robustness" / f"{kind}-{digest}.json"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(file.with_name(file.name + ".lock"), what=f"attacking the {kind} model"):
+        if file.is_file():
+            return json.loads(file.read_text(encoding="utf-8")), True
+        tokenizer = load_tokenizer(str(model_dir))
+        columns = demo_robustness(load_causal_lm(str(model_dir), tokenizer), tokenizer, source, forget_split,
+                                  settings, settings.seeds[0])
+        atomic_write_json(file, columns)
+    return columns, False
+
+
+def save_run_model(model, tokenizer, folder: Path) -> Path:
+    """``model`` and its tokenizer as a Hugging Face folder (atomically), e.g. for ``lit-unlearn attack``."""
+    from lit_unlearn.utils.io import atomic_directory
+
+    with atomic_directory(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
 
 
 def evaluation_code_hash() -> str:
@@ -505,6 +602,142 @@ def plot_geffect_curves(rows_by_run: dict[str, list[dict]], path: Path) -> Path 
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What every unlearning run of one demo shares: the models, the data, the settings and the references."""
+
+    target: Path
+    source: str
+    forget_split: str
+    out: Path
+    settings: DemoSettings
+    threshold: float | None  # the matched protocol's forget-MA threshold (the retain model's)
+    retain_report: Path  # forget quality is computed against this report's truth ratios
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One configuration at one seed; ``first`` marks the first seed (G-effect and MRD figures come from it)."""
+
+    spec: UnlearnSpec
+    seed: int
+    first: bool
+
+
+@dataclass
+class RunResult:
+    """Everything the demo keeps of one :class:`RunTask` (plain data, so it crosses process boundaries)."""
+
+    name: str
+    seed: int
+    records: list[dict]  # one per protocol
+    reports: dict[str, dict]  # "<name>/<protocol>/seed<k>" -> report
+    times: dict[str, float]  # stage name -> seconds
+    geffect_rows: list[dict] | None = None
+    mrd_dir: Path | None = None
+
+
+def unlearn_and_evaluate(task: RunTask, context: RunContext, progress: bool = False) -> RunResult:
+    """Train one configuration at one seed (both protocols from one run, :func:`unlearn_protocols`) and
+    evaluate the model of each protocol; the same work whichever process runs it."""
+    from lit_unlearn.evaluation.report import write_report
+
+    spec, seed, settings, out = task.spec, task.seed, context.settings, context.out
+    run_dirs = {p: out / "runs" / run_dir_name(spec.name) / p / f"seed{seed}" for p in settings.protocols}
+    train_dir = run_dirs[settings.protocols[0]]  # MRD histograms and G-effect files of the training run
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    module, callbacks, outcomes = unlearn_protocols(
+        spec, context.target, context.source, context.forget_split, train_dir, settings, progress, seed=seed,
+        ma_threshold=context.threshold, geffect=spec.geffect and task.first)
+    times[f"unlearn {spec.name} [seed {seed}]"] = time.perf_counter() - start
+    reports: dict[str, dict] = {}
+    records: list[dict] = []
+    evaluated: dict[int, str] = {}  # id(model) -> key of its report: one evaluation per distinct model
+    for protocol in settings.protocols:
+        outcome, run_dir = outcomes[protocol], run_dirs[protocol]
+        key = f"{spec.name}/{protocol}/seed{seed}"
+        start = time.perf_counter()
+        if id(outcome.model) in evaluated:  # e.g. matched reached exactly at the budget's last step
+            reports[key] = json.loads(json.dumps(reports[evaluated[id(outcome.model)]]))
+            reports[key]["metadata"]["run_name"] = key
+            write_report(reports[key], run_dir)
+        else:
+            reports[key] = evaluate(outcome.model, context.target, context.source, context.forget_split, run_dir,
+                                    settings, context.retain_report, progress, name=key,
+                                    plots=task.first)  # the per-run bar chart: first seed only (~1 s each)
+            evaluated[id(outcome.model)] = key
+        times[f"evaluate {spec.name} [{protocol}, seed {seed}]"] = time.perf_counter() - start
+        records.append({"name": spec.name, "protocol": protocol, "seed": seed, "steps": outcome.steps,
+                        "reached": outcome.reached, "ma_checks": outcome.ma_checks,
+                        "summary": reports[key]["summary"],
+                        "report": str((run_dir / "report.json").relative_to(out))})
+        if settings.robustness and protocol == "matched":  # the comparable point (docs/robustness.md)
+            from lit_unlearn.models.loading import load_tokenizer
+
+            start = time.perf_counter()
+            tokenizer = load_tokenizer(str(context.target))
+            save_run_model(outcome.model, tokenizer, run_dir / "model")
+            records[-1]["model"] = str((run_dir / "model").relative_to(out))
+            records[-1]["robustness"] = demo_robustness(outcome.model, tokenizer, context.source,
+                                                        context.forget_split, settings, seed)
+            times[f"robustness {spec.name} [{protocol}, seed {seed}]"] = time.perf_counter() - start
+    result = RunResult(spec.name, seed, records, reports, times)
+    budget_steps = outcomes["budget"].steps if "budget" in outcomes else None
+    for callback in callbacks:
+        if hasattr(callback, "rows") and task.first:  # G-effect: the fixed-budget part of the run
+            result.geffect_rows = [r for r in callback.rows if budget_steps is None or r["step"] <= budget_steps]
+    if spec.mrd and task.first:
+        result.mrd_dir = train_dir / "mrd"
+    return result
+
+
+def resolve_workers(settings: DemoSettings, num_tasks: int) -> int:
+    """``settings.workers``, or (0 = auto) as many processes as the usable cores hold at
+    ``settings.num_threads`` threads each, at most one per task. The count changes no number: every run
+    is seeded on its own and computes at the same thread count in whichever process runs it."""
+    import os
+
+    if settings.workers > 0:
+        return min(settings.workers, max(num_tasks, 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores // settings.num_threads, num_tasks))
+
+
+def _worker_setup(num_threads: int) -> None:
+    """Each worker process computes like the parent: the same thread count and deterministic kernels."""
+    from lit_unlearn.utils.environment import set_num_threads, use_deterministic_algorithms
+
+    set_num_threads(num_threads)
+    use_deterministic_algorithms()
+
+
+def run_tasks(tasks: list[RunTask], context: RunContext, workers: int, progress: bool) -> Iterator[RunResult]:
+    """Run ``tasks`` in this process (``workers == 1``) or in a pool of ``workers`` fresh (spawned) processes,
+    yielding each :class:`RunResult` as it completes (in any order; the caller sorts). The slowest
+    configurations (MRD curricula) are started first so the pool finishes together."""
+    if workers <= 1:
+        for task in tasks:
+            yield _announced(unlearn_and_evaluate(task, context, progress))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ordered = sorted(tasks, key=lambda t: not t.spec.mrd)  # stable: MRD runs first, otherwise the given order
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_setup, initargs=(context.settings.num_threads,))
+    with pool:
+        futures = [pool.submit(unlearn_and_evaluate, task, context, False) for task in ordered]
+        for future in as_completed(futures):
+            yield _announced(future.result())
+
+
+def _announced(result: RunResult) -> RunResult:
+    for stage, seconds in result.times.items():
+        print(f"[lit-unlearn] {stage}: {seconds:.1f}s", flush=True)
+    return result
+
+
 @dataclass
 class DemoResult:
     out_dir: Path
@@ -561,16 +794,14 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
     with timer.stage("tokenizer"):
         tokenizer = str(builtin_tokenizer_dir(source))
     cached = {}
-    with timer.stage("target model"):
-        config = target_config(source, epochs=settings.epochs, num_threads=settings.num_threads)
-        if settings.target_splits:
-            config = replace(config, splits=tuple(settings.target_splits))
-        target, cached["target"] = cached_finetune("target", config, tokenizer, progress)
-    with timer.stage("retain model"):
-        config = retain_config(forget_split, source, epochs=settings.epochs, num_threads=settings.num_threads)
-        if settings.retain_splits:
-            config = replace(config, splits=tuple(settings.retain_splits))
-        retain, cached["retain"] = cached_finetune("retain", config, tokenizer, progress)
+    configs = {"target": target_config(source, epochs=settings.epochs, num_threads=settings.num_threads),
+               "retain": retain_config(forget_split, source, epochs=settings.epochs, num_threads=settings.num_threads)}
+    for kind, splits in (("target", settings.target_splits), ("retain", settings.retain_splits)):
+        if splits:
+            configs[kind] = replace(configs[kind], splits=tuple(splits))
+    with timer.stage("target + retain models"):
+        models = cached_models(configs, tokenizer, resolve_workers(settings, len(configs)), progress)
+    (target, cached["target"]), (retain, cached["retain"]) = models["target"], models["retain"]
     copy_model(target, out / "models" / "target")
     copy_model(retain, out / "models" / "retain")
     with timer.stage("memorisation check"):
@@ -593,45 +824,35 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
         retain_report = out / "runs" / "retain" / "report.json"
         reports["target"], cached["target_report"] = cached_reference_report(
             "target", target, source, forget_split, out / "runs" / "target", settings, retain_report, progress)
+    robustness_refs: dict[str, dict] = {}
+    if settings.robustness and "matched" in settings.protocols:
+        with timer.stage("robustness retain + target"):
+            for kind, folder in (("retain", retain), ("target", target)):
+                robustness_refs[kind], cached[f"{kind}_robustness"] = cached_reference_robustness(
+                    kind, folder, source, forget_split, settings)
+    elif settings.robustness:
+        print("[lit-unlearn] robustness columns skipped: they are measured on the matched protocol's models")
     geffect_rows: dict[str, list[dict]] = {}
     mrd_dirs: dict[str, Path] = {}
     records: list[dict] = []
-    for spec in specs:
-        for seed in settings.seeds:
-            first = seed == settings.seeds[0]
-            run_dirs = {p: out / "runs" / run_dir_name(spec.name) / p / f"seed{seed}" for p in settings.protocols}
-            train_dir = run_dirs[settings.protocols[0]]  # MRD histograms and G-effect files of the training run
-            with timer.stage(f"unlearn {spec.name} [seed {seed}]"):
-                module, callbacks, outcomes = unlearn_protocols(
-                    spec, target, source, forget_split, train_dir, settings, progress, seed=seed,
-                    ma_threshold=threshold, geffect=spec.geffect and first)
-            evaluated: dict[int, str] = {}  # id(model) -> key of its report: one evaluation per distinct model
-            for protocol in settings.protocols:
-                outcome, run_dir = outcomes[protocol], run_dirs[protocol]
-                key = f"{spec.name}/{protocol}/seed{seed}"
-                with timer.stage(f"evaluate {spec.name} [{protocol}, seed {seed}]"):
-                    if id(outcome.model) in evaluated:  # e.g. matched reached exactly at the budget's last step
-                        from lit_unlearn.evaluation.report import write_report
-
-                        reports[key] = json.loads(json.dumps(reports[evaluated[id(outcome.model)]]))
-                        reports[key]["metadata"]["run_name"] = key
-                        write_report(reports[key], run_dir)
-                    else:
-                        reports[key] = evaluate(outcome.model, target, source, forget_split, run_dir, settings,
-                                                retain_report, progress, name=key)
-                        evaluated[id(outcome.model)] = key
-                records.append({"name": spec.name, "protocol": protocol, "seed": seed, "steps": outcome.steps,
-                                "reached": outcome.reached, "ma_checks": outcome.ma_checks,
-                                "summary": reports[key]["summary"],
-                                "report": str((run_dir / "report.json").relative_to(out))})
-            budget_steps = outcomes["budget"].steps if "budget" in outcomes else None
-            for callback in callbacks:
-                if hasattr(callback, "rows") and first:  # G-effect: the fixed-budget part of the run
-                    geffect_rows[spec.name] = [r for r in callback.rows
-                                               if budget_steps is None or r["step"] <= budget_steps]
-            if spec.mrd and first:
-                mrd_dirs[spec.name] = train_dir / "mrd"
-            del module, callbacks, outcomes
+    context = RunContext(target, source, forget_split, out, settings, threshold, retain_report)
+    tasks = [RunTask(spec, seed, first=seed == settings.seeds[0]) for spec in specs for seed in settings.seeds]
+    workers = resolve_workers(settings, len(tasks))
+    with timer.stage(f"unlearn + evaluate ({len(tasks)} runs, {workers} worker process{'es' * (workers > 1)})"):
+        for result in run_tasks(tasks, context, workers, progress):
+            for stage, seconds in result.times.items():
+                timer.times[stage] = seconds
+            records.extend(result.records)
+            reports.update(result.reports)
+            if result.geffect_rows is not None:
+                geffect_rows[result.name] = result.geffect_rows
+            if result.mrd_dir is not None:
+                mrd_dirs[result.name] = result.mrd_dir
+    geffect_rows = {s.name: geffect_rows[s.name] for s in specs if s.name in geffect_rows}  # configuration order
+    mrd_dirs = {s.name: mrd_dirs[s.name] for s in specs if s.name in mrd_dirs}
+    reports = {"retain": reports["retain"], "target": reports["target"],
+               **{f"{s.name}/{p}/seed{seed}": reports[f"{s.name}/{p}/seed{seed}"]
+                  for s in specs for p in settings.protocols for seed in settings.seeds}}
     order = {(s.name, p, seed): i for i, (s, p, seed) in enumerate(
         (s, p, seed) for s in specs for p in settings.protocols for seed in settings.seeds)}
     records.sort(key=lambda r: order[(r["name"], r["protocol"], r["seed"])])  # by configuration, protocol, seed
@@ -645,9 +866,10 @@ def run_demo(out_dir: str | Path = "outputs/demo", source: str = "builtin:tofu-m
             "environment": environment_info(),
             "data_version": version, "target": str(target), "retain": str(retain), "cached": cached,
             "memorization_accuracy": ma, "matched_threshold": threshold,
-            "settings": asdict(settings), "runs": [s.name for s in specs],
+            "settings": asdict(settings), "workers": workers, "runs": [s.name for s in specs],
             "learning_rates": {s.name: s.lr if s.lr is not None else settings.unlearn_lr for s in specs},
             "references": {name: reports[name]["summary"] for name in ("retain", "target")},
+            **({"robustness_references": robustness_refs} if robustness_refs else {}),
             "records": records, "aggregate": results.aggregate(records),
         }
         from lit_unlearn.utils.io import atomic_write_bytes
@@ -711,14 +933,25 @@ def demo_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(DemoSettings.protocols),
                         help="budget: same steps for all; matched: until the forget MA reaches the retain model's")
     parser.add_argument("--num-threads", type=int, default=None,
-                        help=f"torch CPU threads (default: $LIT_UNLEARN_NUM_THREADS or {DEFAULT_NUM_THREADS}); the "
-                             "numbers are reproducible at a fixed thread count")
+                        help=f"torch CPU threads per process (default: $LIT_UNLEARN_NUM_THREADS or {DEMO_NUM_THREADS});"
+                             " the numbers are reproducible at a fixed thread count")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes running the unlearning runs in parallel (default 0: usable cores // threads);"
+                             " changes the wall time only, never a number")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-robustness", action="store_true",
+                        help="skip the robustness columns (int4 quantization and relearning of each matched model)")
     args = parser.parse_args(argv)
-    from lit_unlearn.utils.environment import default_num_threads
+    import os
 
+    from lit_unlearn.utils.environment import NUM_THREADS_ENV, default_num_threads
+
+    threads = (args.num_threads if args.num_threads is not None
+               else default_num_threads() if os.environ.get(NUM_THREADS_ENV) else DEMO_NUM_THREADS)
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0 (0 = automatic), got {args.workers}")
     runs = None if args.full else tuple(args.runs) if args.runs else FAST_RUNS
     settings = DemoSettings(epochs=args.epochs, unlearn_epochs=args.unlearn_epochs, seeds=tuple(args.seeds),
-                            protocols=tuple(args.protocols),
-                            num_threads=args.num_threads if args.num_threads is not None else default_num_threads())
+                            protocols=tuple(args.protocols), num_threads=threads, workers=args.workers,
+                            robustness=not args.no_robustness)
     run_demo(args.out, args.source, args.forget_split, runs, settings, progress=not args.no_progress)

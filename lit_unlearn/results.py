@@ -37,6 +37,15 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("forget_extraction_likelihood", "forget EL"),
     ("mia_min_k_auc", "MIA min-k AUC"),
 )
+#: the robustness columns of a record (``record["robustness"]``, :func:`lit_unlearn.attacks.robustness_summary`):
+#: (before key, after key, label of the before/after pair)
+ROBUSTNESS: tuple[tuple[str, str, str], ...] = (
+    ("forget_ma", "int4_forget_ma", "forget MA → int4"),
+    ("forget_rouge", "int4_forget_rouge", "forget ROUGE-L → int4"),
+    ("relearn_forget_ma_before", "relearn_forget_ma", "held-out MA → relearned"),
+    ("relearn_forget_rouge_before", "relearn_forget_rouge", "held-out ROUGE-L → relearned"),
+)
+ROBUSTNESS_KEYS = tuple(k for before, after, _ in ROBUSTNESS for k in (before, after))
 PROTOCOL_TITLES = {
     "budget": "Fixed budget (every objective trains the same number of steps)",
     "matched": "Matched forgetting (each objective trains until the forget-set MA falls to the retain model's)",
@@ -71,6 +80,10 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[
             stats["steps"] = spread([r.get("steps") for r in rows])
             stats["reached"] = sum(bool(r.get("reached", True)) for r in rows)
             stats["seeds"] = [r["seed"] for r in rows]
+            attacked = [r["robustness"] for r in rows if r.get("robustness")]
+            if attacked:  # the robustness columns (summaries recorded before them have none)
+                stats["robustness"] = {key: spread([a.get(key) for a in attacked]) for key in ROBUSTNESS_KEYS}
+                stats["robustness"]["relearn_steps"] = attacked[0].get("relearn_steps")
             out.setdefault(name, {})[protocol] = stats
     return out
 
@@ -162,6 +175,59 @@ def separation_text(summary: Mapping[str, Any], protocol: str, key: str = "model
     return lines
 
 
+def _pair(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    return f"{cell(before)} → {cell(after)}"
+
+
+def robustness_table(summary: Mapping[str, Any], protocol: str) -> list[str]:
+    """The robustness columns of ``protocol``'s configurations (mean ± sd over seeds, before → after) with
+    the retain and target models' values as references; empty when no record has them."""
+    stats = {name: p[protocol]["robustness"] for name, p in summary["aggregate"].items()
+             if "robustness" in p.get(protocol, {})}
+    if not stats:
+        return []
+    steps = next(iter(stats.values())).get("relearn_steps")
+    lines = [f"**Robustness of the {protocol}-protocol models**: forget-split MA and ROUGE-L before → after 4-bit"
+             f" RTN quantization (whole forget split), and on the held-out half of the forget split before → after"
+             f" {steps} relearning steps on the other half (mean ± sd over seeds; higher after = knowledge recovered).",
+             "", "| run | " + " | ".join(text for _, _, text in ROBUSTNESS) + " |", "|---|" + "---:|" * len(ROBUSTNESS)]
+    for name in ("retain", "target"):
+        ref = summary.get("robustness_references", {}).get(name)
+        if ref:
+            lines.append(f"| {name} (reference) | " + " | ".join(
+                f"{_num(ref.get(b))} → {_num(ref.get(a))}" for b, a, _ in ROBUSTNESS) + " |")
+    for name, s in stats.items():
+        lines.append(f"| {name} | " + " | ".join(_pair(s[b], s[a]) for b, a, _ in ROBUSTNESS) + " |")
+    return lines
+
+
+def recovery_text(summary: Mapping[str, Any], protocol: str) -> list[str]:
+    """For each attack, which configurations' forget MA rises beyond the seed spread (after > before and the
+    min–max ranges over seeds do not overlap: :func:`separated`)."""
+    stats = {name: p[protocol]["robustness"] for name, p in summary["aggregate"].items()
+             if "robustness" in p.get(protocol, {})}
+    if not stats:
+        return []
+    steps = next(iter(stats.values())).get("relearn_steps")
+    lines = []
+    for before, after, attack in (("forget_ma", "int4_forget_ma", "4-bit RTN quantization"),
+                                  ("relearn_forget_ma_before", "relearn_forget_ma", f"{steps} relearning steps")):
+        usable = {n: s for n, s in stats.items() if s[before]["n"] and s[after]["n"]}
+        up = [n for n, s in usable.items() if s[after]["mean"] > s[before]["mean"] and separated(s[before], s[after])]
+        rest = [n for n in usable if n not in up]
+        if not usable:
+            continue
+        if up:
+            text = (f"After {attack}, forget MA recovers beyond the seed spread (min–max ranges before and after do not"
+                    f" overlap) for {len(up)} of {len(usable)} configurations: " + ", ".join(up))
+            text += f"; not for {', '.join(rest)}." if rest else "."
+        else:
+            text = (f"After {attack}, forget MA recovers beyond the seed spread for none of the {len(usable)}"
+                    " configurations (the min–max ranges before and after overlap, or MA does not rise).")
+        lines.append(text)
+    return lines
+
+
 def environment_line(summary: Mapping[str, Any]) -> str:
     env = summary.get("environment", {})
     packages = env.get("packages", {})
@@ -188,6 +254,9 @@ def render(summary: Mapping[str, Any]) -> str:
         lines += [f"- {text}" for text in separation_text(summary, protocol)] + [""]
         if protocol == "matched":
             lines += [f"- {text}" for text in separation_text(summary, protocol, "forget_quality")] + [""]
+        table = robustness_table(summary, protocol)
+        if table:
+            lines += [*table, ""] + [f"- {text}" for text in recovery_text(summary, protocol)] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

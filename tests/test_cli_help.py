@@ -13,7 +13,7 @@ from lit_unlearn.cli import COMMANDS, LIGHTNING_COMMANDS, main, objective_help_a
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("lit-unlearn")
-EXPECTED_COMMANDS = ("fit", "validate", "test", "demo", "report", "export", "attack")
+EXPECTED_COMMANDS = ("fit", "validate", "test", "demo", "demo-benchmarks", "report", "export", "attack")
 
 
 def test_top_level_help_names_program_and_every_command():

@@ -13,6 +13,7 @@ MICRO = DemoSettings(
     epochs=40, target_splits=("forget01", "real_authors"), retain_splits=("real_authors",),
     unlearn_epochs=2, batch_size=10, mrd_samples=4, mrd_every_n_epochs=1, max_new_tokens=12,
     eval_batch_size=8, max_samples=6, geffect_every=1, seeds=(0, 1), matched_max_epochs=3, matched_check_every=1,
+    robustness_relearn_steps=3,
 )
 
 
@@ -38,7 +39,7 @@ def test_micro_demo_writes_every_artifact(micro_demo):
         assert report["metadata"]["environment"]["torch_num_threads"] == MICRO.num_threads
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs"] == ["GA", "NPO+MRD"] and "unlearn GA [seed 0]" in summary["stage_seconds"]
-    assert summary["environment"]["packages"]["torch"] and summary["environment"]["torch_num_threads"] == 2
+    assert summary["environment"]["packages"]["torch"] and summary["environment"]["torch_num_threads"] == MICRO.num_threads
     assert [(r["name"], r["protocol"], r["seed"]) for r in summary["records"]] == [
         (n, p, s) for n in ("GA", "NPO+MRD") for p in ("budget", "matched") for s in (0, 1)]
     assert (out / "uc_ut_seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -143,6 +144,44 @@ def test_reference_reports_are_cached_with_the_models(micro_demo, tmp_path):
                                         retain_report,
                                         progress=False)
     assert not cached
+
+
+def test_micro_demo_robustness_columns_are_the_attacks_on_the_saved_matched_model(micro_demo):
+    """Each matched record's robustness columns equal a direct call of the attacks on its saved model; budget
+    records have none; the references and the report's table are there."""
+    from lit_unlearn.attacks import AttackEvalConfig, QuantizeConfig, RelearnConfig, quantization_attack, relearn_attack
+    from lit_unlearn.models.loading import load_causal_lm, load_tokenizer
+
+    summary, out = micro_demo.summary, micro_demo.out_dir
+    assert not any("robustness" in r for r in summary["records"] if r["protocol"] == "budget")
+    matched = [r for r in summary["records"] if r["protocol"] == "matched"]
+    assert all("robustness" in r and (out / r["model"] / "config.json").is_file() for r in matched)
+    assert set(summary["robustness_references"]) == {"retain", "target"}
+    assert summary["aggregate"]["GA"]["matched"]["robustness"]["int4_forget_ma"]["n"] == 2
+    assert "Robustness of the matched-protocol models" in (out / "report.md").read_text()
+    record = next(r for r in matched if r["name"] == "GA" and r["seed"] == 1)
+    tokenizer = load_tokenizer(str(out / record["model"]))
+    model = load_causal_lm(str(out / record["model"]), tokenizer)
+    ev = AttackEvalConfig(forget_split="forget01", utility=False, mia=False, max_new_tokens=MICRO.max_new_tokens,
+                          max_samples=MICRO.max_samples, batch_size=MICRO.eval_batch_size, max_length=64,
+                          metrics="forget_ma_rouge")
+    quant = quantization_attack(model, tokenizer, QuantizeConfig(schemes=["int4"], group_size="auto"), ev)
+    relearn = relearn_attack(model, tokenizer, RelearnConfig(
+        steps=(0, MICRO.robustness_relearn_steps), lr=MICRO.robustness_lr, batch_size=MICRO.robustness_batch_size,
+        seed=1, progress=False, accelerator="cpu", max_length=64), ev)
+    got = record["robustness"]
+    expected = {"forget_ma": quant["results"]["full"]["forget/memorization_accuracy"],
+                "forget_rouge": quant["results"]["full"]["forget/rouge_l_recall"],
+                "int4_forget_ma": quant["results"]["int4"]["forget/memorization_accuracy"],
+                "int4_forget_rouge": quant["results"]["int4"]["forget/rouge_l_recall"],
+                "relearn_forget_ma_before": relearn["curve"]["forget/memorization_accuracy"][0],
+                "relearn_forget_ma": relearn["curve"]["forget/memorization_accuracy"][-1],
+                "relearn_forget_rouge": relearn["curve"]["forget/rouge_l_recall"][-1]}
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    # the matched model's forget MA in the report and in the robustness columns are the same rows and metric
+    report = json.loads((out / record["report"]).read_text())
+    assert got["forget_ma"] == pytest.approx(report["summary"]["forget_memorization_accuracy"], abs=1e-5)
 
 
 def test_unknown_run_name_is_refused(tmp_path):

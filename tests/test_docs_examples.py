@@ -220,6 +220,7 @@ def demo_like_folder(tmp_path_factory, builtin_tokenizer_path, finetuned_tiny) -
     shutil.copytree(ROOT / "benchmarks", root / "benchmarks")
     models = root / "outputs" / "demo" / "models"
     shutil.copytree(finetuned_tiny, models / "target")
+    shutil.copytree(finetuned_tiny, root / "outputs" / "demo" / "wmdp" / "models" / "target")  # demo-benchmarks'
     finetune_tiny(models / "retain", builtin_tokenizer_path, ["real_authors"], max_steps=20)
     TOFUEvaluation(str(models / "retain"), max_samples=4, max_new_tokens=8, batch_size=8, progress=False,
                    plots=False, out_dir=str(root / "outputs" / "demo" / "runs" / "retain")).run()

@@ -8,6 +8,7 @@ the forget set through the adapters (``mrd_params="trainable"``):
 * run A: 2 epochs, a checkpoint per epoch; losses, sampler draws and MRD scores equal the 1-process run;
 * run B: resumed from A's epoch-0 checkpoint (adapter weights and their optimizer state only), it continues
   exactly like A;
+* with gradient checkpointing under DDP ("ddp-ckpt"), the same losses as the 1-process run without it;
 * the checkpoints hold the adapter weights only, and the adapters start at peft's own initialisation
   (B = 0) under ZeRO-3 too (partitioned adapter layers would otherwise keep ``nn.Linear``'s random init).
 
@@ -28,7 +29,8 @@ from test_distributed import all_gather_object, launch, make_strategy, recorder,
 
 LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 GLOBAL_BATCH = 4
-STRATEGIES = ("ddp", "zero2", "zero3")
+#: "ddp-ckpt": DDP with gradient checkpointing (model.gradient_checkpointing), against the 1-process run without
+STRATEGIES = ("ddp", "ddp-ckpt", "zero2", "zero3")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -68,10 +70,11 @@ def worker_lora(cfg: dict) -> None:
                             mrd_params="trainable")
         ckpt = ModelCheckpoint(dirpath=str(out / f"ckpt_{run}"), save_top_k=-1, every_n_epochs=1)
         module = NPO(cfg["model"], tokenizer=cfg["model"], reference="live", retain_loss="kl", lr=5e-3,
-                     warmup_steps=4, peft=LORA)
+                     warmup_steps=4, peft=LORA, gradient_checkpointing=cfg["strategy"].endswith("-ckpt"))
         data = UnlearningDataModule(tokenizer=cfg["model"], forget_split="forget01", retain_split="retain99",
                                     batch_size=GLOBAL_BATCH // world, max_length=48)
-        trainer = L.Trainer(accelerator="cpu", devices=world, strategy=make_strategy(cfg["strategy"]), logger=False,
+        strategy = make_strategy(cfg["strategy"].removesuffix("-ckpt"))
+        trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, logger=False,
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                             callbacks=[rec, probe, mrd, ckpt], default_root_dir=str(out), max_epochs=2)
         ckpt_path = str(out / "ckpt_A" / "epoch=0-step=5.ckpt") if run == "B" else None
@@ -156,7 +159,7 @@ def test_lora_resume_continues_exactly(runs, strategy):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_lora_checkpoints_hold_adapters_only(runs, strategy):
     path = runs[strategy]["out"] / "ckpt_A" / "epoch=0-step=5.ckpt"
-    if strategy == "ddp":
+    if strategy.startswith("ddp"):
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

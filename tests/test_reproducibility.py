@@ -225,11 +225,13 @@ _DEMO_SCRIPT = textwrap.dedent("""
     settings = DemoSettings(epochs=30, target_splits=("forget01", "real_authors"), retain_splits=("real_authors",),
                             unlearn_epochs=2, batch_size=10, mrd_samples=4, mrd_every_n_epochs=1, max_new_tokens=8,
                             eval_batch_size=8, max_samples=4, geffect_every=1, seeds=(0, 1), matched_max_epochs=2,
-                            matched_check_every=1, num_threads=1)
-    run_demo(sys.argv[1], forget_split="forget01", runs=("NPO+MRD",), settings=settings, progress=False)
+                            matched_check_every=1, num_threads=1, workers=int(sys.argv[2]))
+    if __name__ == "__main__":  # workers > 1 spawn processes that import this script
+        run_demo(sys.argv[1], forget_split="forget01", runs=("NPO+MRD",), settings=settings, progress=False)
 """)
 
-_VOLATILE = {"timestamp", "stage_seconds", "wall_seconds", "date", "runtime_s"}  # timings only
+# timings, and the number of worker processes (which must change no number: one run of the test uses 1, the other 2)
+_VOLATILE = {"timestamp", "stage_seconds", "wall_seconds", "date", "runtime_s", "workers"}
 
 
 def _normalised(obj):
@@ -257,14 +259,15 @@ def _load(tmp_path: Path, name: str, relative: Path):
 
 
 def test_micro_demo_is_identical_in_two_processes(tmp_path):
-    """Two separate processes (each training its own target and retain model in its own cache) give the same
-    summary and the same report for every run, timings and paths aside."""
+    """Two separate processes (each training its own target and retain model in its own cache), one running the
+    unlearning runs itself and one in a pool of two worker processes, give the same summary and the same report
+    for every run, timings and paths aside."""
     script = tmp_path / "demo.py"
     script.write_text(_DEMO_SCRIPT)
     procs = []
-    for name in ("a", "b"):
+    for name, workers in (("a", "1"), ("b", "2")):
         env = {**os.environ, "LIT_UNLEARN_HOME": str(tmp_path / f"home_{name}")}
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / name)], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / name), workers], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for proc in procs:
         output, _ = proc.communicate(timeout=600)
@@ -277,6 +280,7 @@ def test_micro_demo_is_identical_in_two_processes(tmp_path):
         assert a == b, f"{relative} differs between the two processes: {_differences(a, b)[:5]}"
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["environment"]["torch_num_threads"] == 1
+    assert (summary["workers"], json.loads((tmp_path / "b" / "summary.json").read_text())["workers"]) == (1, 2)
     # the seeds really differ: the two seeds' runs are not copies of each other
     seeds = [r for r in summary["records"] if r["protocol"] == "budget"]
     assert seeds[0]["summary"] != seeds[1]["summary"] or seeds[0]["ma_checks"] != seeds[1]["ma_checks"]

@@ -5,7 +5,8 @@ and the adapters merged into the attacked copies) or a Lightning checkpoint file
 (``.ckpt``; read with :mod:`lit_unlearn.export`). Settings come from the defaults, then ``--config FILE`` (YAML
 or JSON with the sections ``attacks``, ``eval``, ``quantize``, ``relearn``), then the command-line options
 (``--relearn.steps 0,5,10``, ``--quantize.schemes int8,int4`` ...). Writes ``robustness.json``,
-``robustness.md`` and ``robustness.png`` to ``--out``.
+``robustness.md`` and ``robustness.png`` to ``--out``, and adds the section to the model's evaluation report
+(``--report``, or a ``report.json`` in the model folder or the folder above it).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ OPTIONS: dict[str, tuple[str, str, Any, str]] = {
     "--eval.retain_report": ("eval", "retain_report", str, "the retain model's report.json (forget quality)"),
     "--eval.utility": ("eval", "utility", _BOOL, "evaluate retain/real_authors/world_facts too (default true)"),
     "--eval.mia": ("eval", "mia", _BOOL, "evaluate the holdout split for the MIA AUC (default true)"),
+    "--eval.metrics": ("eval", "metrics", str, "suite (default) or forget_ma_rouge (forget MA and ROUGE-L only: cheap)"),
+    "--eval.benchmark": ("eval", "benchmark", str, "tofu (default), muse, wmdp or a plugin benchmark"),
     "--quantize.schemes": ("quantize", "schemes", str, "rtn: int8,int4,int4-asym; bitsandbytes: llm.int8,nf4"),
     "--quantize.backend": ("quantize", "backend", str, "rtn (torch, any device) or bitsandbytes (CUDA)"),
     "--quantize.group_size": ("quantize", "group_size", str, "int4 group size (128), none (per channel) or auto"),
@@ -37,6 +40,8 @@ OPTIONS: dict[str, tuple[str, str, Any, str]] = {
     "--relearn.batch_size": ("relearn", "batch_size", int, "samples per relearning step (default 4)"),
     "--relearn.seed": ("relearn", "seed", int, "seed of the row choice and training (default 0)"),
     "--relearn.accelerator": ("relearn", "accelerator", str, "Lightning accelerator (default auto)"),
+    "--relearn.devices": ("relearn", "devices", int, "processes of the relearning fit (> 1: DDP; default 1)"),
+    "--relearn.strategy": ("relearn", "strategy", str, "Lightning strategy (default auto; ddp under torchrun)"),
 }
 
 
@@ -65,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default=None, help="where to evaluate (default: cuda if available, else cpu)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--report", default=None,
+                        help="the model's evaluation report.json (or its folder) to add the robustness section to;"
+                             " default: a report.json in the model folder or the folder above it; 'none': do not")
     for option, (_, _, kind, text) in OPTIONS.items():
         parser.add_argument(option, default=None, type=_bool if kind == _BOOL else kind, help=text)
     return parser
@@ -148,6 +156,19 @@ def load_model(path: str, tokenizer: str | None = None, workdir: str | None = No
     return load_causal_lm(str(location), tok), tok, path
 
 
+def find_report(model: str, report: str | None) -> str | None:
+    """The report the robustness section goes into: ``report`` (``none``: no report), else a ``report.json``
+    beside the model (in its folder, or the folder above: the demo's ``runs/<run>/matched/seed<k>/model``)."""
+    if report is not None:
+        return None if report.lower() == "none" else report
+    location = Path(model)
+    folder = location if location.is_dir() else location.parent
+    for candidate in (folder / "report.json", folder.parent / "report.json"):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def attack_main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
@@ -162,14 +183,21 @@ def attack_main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_config = AttackEvalConfig.coerce(settings["eval"])  # option errors before the model is loaded
         quantize = QuantizeConfig.coerce(settings["quantize"])
         relearn = RelearnConfig.coerce(settings["relearn"])
+        report = find_report(args.model, args.report)
+        if report is not None:
+            from lit_unlearn.attacks.report import resolve_report
+
+            report = str(resolve_report(report))  # a bad report path fails before the model is loaded
         with tempfile.TemporaryDirectory(prefix="lit_unlearn_attack_") as workdir:
             model, tokenizer, label = load_model(args.model, args.tokenizer, workdir)
             device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
             model = model.to(device)
             section = run_attacks(model, tokenizer, attacks, eval_config, quantize, relearn, out_dir=args.out,
-                                  model_label=label)
+                                  model_label=label, report=report)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
         print(f"lit-unlearn attack: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"lit-unlearn attack: wrote {section['files']['md']} (and robustness.json, robustness.png)")
+    if report is not None:
+        print(f"lit-unlearn attack: added the robustness section to {report} and its report.md")
     return section

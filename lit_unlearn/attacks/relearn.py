@@ -18,6 +18,16 @@ The attack (:func:`relearn_attack`):
    ``fit`` for ``max(steps)`` steps, and re-evaluate the forget metrics at every step of the schedule ``steps``
    (default 0, 5, 10, 25, 50; 0 = before relearning).
 
+Batches: the seeded stream of permutations of the relearning rows (a new permutation per pass), cut into
+global batches of ``batch_size`` (crossing pass boundaries). Under DDP (``devices`` > 1, or processes launched
+with ``torchrun``) each of the W processes takes its ``batch_size / W`` slice of every global batch, and the
+loss is the *global* token mean (each process's NLL sum times W over the all-gathered token count, so DDP's
+gradient average is the gradient of the global mean): the curve equals the one-process run's with the same
+global batch. Every process evaluates every checkpoint on all evaluated rows.
+
+Global random state: the attack seeds its own work and restores the caller's Python, NumPy and torch random
+states (and ``PL_GLOBAL_SEED``) afterwards, so running it in the middle of an experiment changes nothing else.
+
 Recovery curve and its area: for each metric ``m(t)`` at steps ``t_0 < ... < t_K``, the normalised area is
 ``A = (1 / (t_K − t_0)) Σ_k (t_{k+1} − t_k)(m(t_k) + m(t_{k+1})) / 2`` (trapezoid rule; the mean of the
 piecewise-linear curve, in the metric's own units; ``m(t_0)`` for a one-point schedule), and the gain
@@ -31,15 +41,18 @@ Naive equivalent::
 """
 from __future__ import annotations
 
+import os
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from lit_unlearn.attacks.evaluation import AttackEvalConfig, attack_metrics, evaluate
+from lit_unlearn.attacks.evaluation import AttackEvalConfig, measure
 from lit_unlearn.utils.hparams import coerce_settings
 
 DEFAULT_STEPS = (0, 5, 10, 25, 50)
@@ -62,6 +75,9 @@ class RelearnConfig:
         seed: the row choice, shuffling and initialisation.
         accelerator: Lightning's accelerator (``cpu``, ``gpu``, ``auto``).
         progress: Lightning's progress bar.
+        devices: processes of the relearning fit (> 1: DDP; ``batch_size`` must be a multiple).
+        strategy: Lightning's strategy (``auto``; ``ddp`` under ``torchrun``); the process group backend is
+            Lightning's default (gloo on the CPU, nccl on GPUs).
     """
 
     steps: Sequence[int] = DEFAULT_STEPS
@@ -75,6 +91,8 @@ class RelearnConfig:
     seed: int = 0
     accelerator: str = "auto"
     progress: bool = True
+    devices: int = 1
+    strategy: str = "auto"
 
     def __post_init__(self) -> None:
         steps = self.steps.split(",") if isinstance(self.steps, str) else self.steps
@@ -92,6 +110,9 @@ class RelearnConfig:
             raise ValueError(f"relearn.lr must be positive, got {self.lr}.")
         if self.batch_size < 1:
             raise ValueError(f"relearn.batch_size must be >= 1, got {self.batch_size}.")
+        if self.devices < 1 or self.batch_size % self.devices:
+            raise ValueError(f"relearn.devices must be >= 1 and divide relearn.batch_size (the global batch),"
+                             f" got devices={self.devices}, batch_size={self.batch_size}.")
 
     @classmethod
     def coerce(cls, value: "RelearnConfig | dict[str, Any] | None") -> "RelearnConfig":
@@ -123,6 +144,16 @@ def plan_relearning(config: RelearnConfig, eval_config: AttackEvalConfig) -> Rel
     ``held_out``, relearning rows whose question is also an evaluated forget question."""
     from lit_unlearn.data.sources import load_rows
 
+    if eval_config.benchmark != "tofu":  # its forget data are not TOFU rows: relearn on named QA data
+        if config.data_split is None:
+            raise ValueError(f"relearn: benchmark {eval_config.benchmark!r} has no TOFU forget split to take a"
+                             " relearning half from; name the relearning data with relearn.data_split and"
+                             " relearn.data_source (question/answer rows, e.g. retain90 of builtin:tofu-mini).")
+        source = config.data_source or eval_config.source
+        rows = load_rows(source, config.data_split, eval_config.seed)
+        if not rows:
+            raise ValueError(f"relearn: split {config.data_split!r} of {source!r} is empty.")
+        return RelearnPlan(rows, f"{len(rows)} rows of {config.data_split!r} ({source})", None, None)
     forget = eval_config.rows("forget")
     n = len(forget)
     if config.data_split is None:
@@ -163,7 +194,33 @@ def curve_area(steps: Sequence[int], values: Sequence[float | None]) -> float | 
     return float(total / (steps[-1] - steps[0]))
 
 
-def _train_loader(rows: list[dict[str, Any]], tokenizer, config: RelearnConfig):
+def global_batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """``steps`` global batches of row positions: seeded permutations of ``range(n)`` (one per pass)
+    concatenated and cut into ``batch_size`` pieces."""
+    generator = torch.Generator().manual_seed(seed)
+    stream: list[int] = []
+    while len(stream) < steps * batch_size:
+        stream += torch.randperm(n, generator=generator).tolist()
+    return [stream[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+class _RankBatches(torch.utils.data.Sampler):
+    """This process's slice (``rank`` of ``world``) of every global batch."""
+
+    def __init__(self, batches: list[list[int]], rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            share = len(batch) // self.world
+            yield batch[self.rank * share:(self.rank + 1) * share]
+
+
+def _train_loader(rows: list[dict[str, Any]], tokenizer, config: RelearnConfig, steps: int = 0, rank: int = 0,
+                  world: int = 1):
     from torch.utils.data import DataLoader
 
     from lit_unlearn.data.tofu import EncodedDataset, encode_rows, validate_rows
@@ -171,9 +228,50 @@ def _train_loader(rows: list[dict[str, Any]], tokenizer, config: RelearnConfig):
 
     validate_rows(rows, "relearning data")
     dataset = EncodedDataset(encode_rows(tokenizer, rows, "relearning data", config.max_length))
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(config.seed),
+    batches = global_batches(len(dataset), config.batch_size, steps, config.seed)
+    return DataLoader(dataset, batch_sampler=_RankBatches(batches, rank, world),
                       collate_fn=PadCollator(tokenizer.pad_token_id, padding_side="right"))
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore the Python, NumPy and torch (CPU and CUDA) random states and ``PL_GLOBAL_SEED`` on exit."""
+    import numpy as np
+
+    state_py, state_np, seed_env = random.getstate(), np.random.get_state(), os.environ.get("PL_GLOBAL_SEED")
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(state_py)
+        np.random.set_state(state_np)
+        if seed_env is None:
+            os.environ.pop("PL_GLOBAL_SEED", None)
+        else:
+            os.environ["PL_GLOBAL_SEED"] = seed_env
+
+
+def _relearn_module(tokenizer, config: RelearnConfig, work: nn.Module):
+    """A :class:`FinetuneModule` whose loss is the global token mean of the answer NLL over all processes."""
+    from lit_unlearn.objectives.finetune import FinetuneModule
+
+    class RelearnModule(FinetuneModule):
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            logp, mask = self.sample_logprobs(batch)
+            total = -(logp * mask).sum()
+            tokens = mask.sum().detach().float()
+            world = self.trainer.world_size
+            if world > 1:
+                tokens = self.all_gather(tokens).sum()
+            loss = total * world / tokens.clamp_min(1)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"Relearning loss is {loss.item()} at step {self.global_step}; stopping.")
+            return loss
+
+    module = RelearnModule(tokenizer=getattr(tokenizer, "name_or_path", None), lr=config.lr, seed=config.seed)
+    module.model, module.tokenizer = work.train(), tokenizer
+    return module
 
 
 def relearn_attack(model: nn.Module, tokenizer, config: RelearnConfig | dict | None = None,
@@ -182,41 +280,12 @@ def relearn_attack(model: nn.Module, tokenizer, config: RelearnConfig | dict | N
     """Run the relearning attack on a copy of ``model``; returns ``{"config", "trained_on", "train_rows",
     "evaluated_forget_rows", "steps", "curve": {metric: [value per step]}, "area": {...}, "gain": {...},
     "runtime_s"}`` (see the module docstring). ``model`` is not modified."""
-    import lightning as L
-
-    from lit_unlearn.attacks.quantization import unwrap_adapters
-    from lit_unlearn.objectives.finetune import FinetuneModule
-
     config = RelearnConfig.coerce(config)
     eval_config = AttackEvalConfig.coerce(eval_config)
     plan = plan or plan_relearning(config, eval_config)
-    start = time.perf_counter()
-    loader = _train_loader(plan.train_rows, tokenizer, config)  # tokenisation errors before the copy
-    work = unwrap_adapters(model).requires_grad_(True)
+    with preserved_rng():
+        curve, runtime = _relearn(model, tokenizer, config, eval_config, plan)
     steps = list(config.steps)
-    curve: list[dict[str, Any]] = []
-
-    def checkpoint(m: nn.Module) -> None:
-        report = evaluate(m, tokenizer, eval_config, forget_rows=plan.eval_forget_rows,
-                          retain_report=plan.eval_forget_rows is None)
-        curve.append(attack_metrics(report))
-
-    class _Checkpoints(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.global_step in steps[len(curve):]:
-                checkpoint(pl_module.model)
-
-    L.seed_everything(config.seed, verbose=False)
-    if steps[0] == 0:
-        checkpoint(work)
-    if steps[-1] > 0:
-        module = FinetuneModule(tokenizer=getattr(tokenizer, "name_or_path", None), lr=config.lr, seed=config.seed)
-        module.model, module.tokenizer = work.train(), tokenizer
-        trainer = L.Trainer(accelerator=config.accelerator, devices=1, max_steps=steps[-1], max_epochs=-1,
-                            logger=False, enable_checkpointing=False, enable_model_summary=False,
-                            enable_progress_bar=config.progress, num_sanity_val_steps=0, limit_val_batches=0,
-                            callbacks=[_Checkpoints()])
-        trainer.fit(module, train_dataloaders=loader)
     metrics = list(curve[0])
     by_metric = {m: [point[m] for point in curve] for m in metrics}
     area = {m: curve_area(steps, v) for m, v in by_metric.items()}
@@ -230,5 +299,46 @@ def relearn_attack(model: nn.Module, tokenizer, config: RelearnConfig | dict | N
         "curve": by_metric,
         "area": area,
         "gain": gain,
-        "runtime_s": round(time.perf_counter() - start, 3),
+        "runtime_s": runtime,
     }
+
+
+def _relearn(model: nn.Module, tokenizer, config: RelearnConfig, eval_config: AttackEvalConfig,
+             plan: RelearnPlan) -> tuple[list[dict[str, Any]], float]:
+    """The curve (one metrics dict per checkpoint) and the wall time of the attack."""
+    import lightning as L
+
+    from lit_unlearn.attacks.quantization import unwrap_adapters
+
+    start = time.perf_counter()
+    _train_loader(plan.train_rows, tokenizer, config)  # tokenisation errors before the copy
+    work = unwrap_adapters(model).requires_grad_(True)
+    steps = list(config.steps)
+    curve: list[dict[str, Any]] = []
+
+    def checkpoint(m: nn.Module) -> None:
+        curve.append(measure(m, tokenizer, eval_config, forget_rows=plan.eval_forget_rows,
+                             retain_report=plan.eval_forget_rows is None))
+
+    class _Checkpoints(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step in steps[len(curve):]:
+                checkpoint(pl_module.model)
+
+    L.seed_everything(config.seed, verbose=False)
+    if steps[0] == 0:
+        checkpoint(work)
+    if steps[-1] > 0:
+        module = _relearn_module(tokenizer, config, work)
+        trainer = L.Trainer(accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
+                            max_steps=steps[-1], max_epochs=-1, logger=False, enable_checkpointing=False,
+                            enable_model_summary=False, enable_progress_bar=config.progress,
+                            num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+                            callbacks=[_Checkpoints()])
+        if config.batch_size % trainer.world_size:
+            raise ValueError(f"relearn.batch_size {config.batch_size} (the global batch) is not divisible by the"
+                             f" {trainer.world_size} processes.")
+        loader = _train_loader(plan.train_rows, tokenizer, config, steps[-1], trainer.global_rank,
+                               trainer.world_size)
+        trainer.fit(module, train_dataloaders=loader)
+    return curve, round(time.perf_counter() - start, 3)

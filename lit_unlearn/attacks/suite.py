@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from lit_unlearn.attacks.evaluation import AttackEvalConfig, attack_metrics, evaluate
+from lit_unlearn.attacks.evaluation import AttackEvalConfig, measure
 from lit_unlearn.attacks.quantization import BACKENDS, check_schemes, quantize_model
 from lit_unlearn.attacks.relearn import RelearnConfig, plan_relearning, relearn_attack
 from lit_unlearn.utils.hparams import coerce_settings
@@ -86,11 +86,11 @@ def quantization_attack(model: nn.Module, tokenizer, config: QuantizeConfig | di
     group_size = config.resolved_group_size(model)
     schemes = check_schemes(model, config.schemes, config.backend, group_size)
     start = time.perf_counter()
-    results = {"full": baseline if baseline is not None else attack_metrics(evaluate(model, tokenizer, eval_config))}
+    results = {"full": baseline if baseline is not None else measure(model, tokenizer, eval_config)}
     for scheme in schemes:
         quantized = quantize_model(model, scheme, config.backend)
         name = scheme if isinstance(scheme, str) else scheme.name
-        results[name] = attack_metrics(evaluate(quantized, tokenizer, eval_config))
+        results[name] = measure(quantized, tokenizer, eval_config)
         del quantized
     return {"backend": config.backend, "group_size": group_size, "results": results,
             "runtime_s": round(time.perf_counter() - start, 3)}
@@ -109,17 +109,25 @@ class AttackSettings:
 def run_attacks(model: nn.Module, tokenizer, attacks: Sequence[str] | str = ATTACKS,
                 eval: AttackEvalConfig | dict | None = None, quantize: QuantizeConfig | dict | None = None,
                 relearn: RelearnConfig | dict | None = None, out_dir: str | None = None,
-                model_label: str | None = None) -> dict[str, Any]:
+                model_label: str | None = None, report: str | None = None) -> dict[str, Any]:
     """Run ``attacks`` (``quantize``, ``relearn``) against copies of ``model``; return the robustness section
     ``{"format", "model", "eval", "quantize": {...}, "relearn": {...}}`` and, with ``out_dir``, write
-    ``robustness.json``, ``robustness.md`` and ``robustness.png`` there. Every setting is validated (schemes
-    against the model's layers, relearning data against the evaluated rows) before any evaluation.
-    ``model`` is never modified."""
+    ``robustness.json``, ``robustness.md`` and ``robustness.png`` there. ``report``: the model's evaluation
+    ``report.json`` (or its folder), which then also gets the section (:func:`~lit_unlearn.attacks.report.attach_to_report`:
+    ``report.json["robustness"]`` and the tables and figure in ``report.md``; needs ``out_dir``). Every setting
+    is validated (schemes against the model's layers, relearning data against the evaluated rows, the report)
+    before any evaluation. ``model`` is never modified."""
     attacks = _coerce_attacks(attacks)
     eval_config = AttackEvalConfig.coerce(eval)
     quant_config = QuantizeConfig.coerce(quantize)
     relearn_config = RelearnConfig.coerce(relearn)
     plan = None
+    if report is not None:
+        from lit_unlearn.attacks.report import resolve_report
+
+        if out_dir is None:
+            raise ValueError("run_attacks: report= needs out_dir (the robustness files the report links to).")
+        report = resolve_report(report)
     if "quantize" in attacks:
         check_schemes(model, quant_config.schemes, quant_config.backend, quant_config.resolved_group_size(model))
     if "relearn" in attacks:
@@ -136,26 +144,43 @@ def run_attacks(model: nn.Module, tokenizer, attacks: Sequence[str] | str = ATTA
         from lit_unlearn.attacks.report import write_robustness
 
         section["files"] = {k: str(v) for k, v in write_robustness(section, out_dir).items()}
+    if report is not None:
+        from lit_unlearn.attacks.report import attach_to_report
+
+        section["files"].update({f"report_{k}": str(v) for k, v in attach_to_report(section, report).items()})
     return section
+
+
+#: the keys of :func:`robustness_summary` (the demo's robustness columns)
+SUMMARY_KEYS = ("forget_ma", "forget_rouge", "int4_forget_ma", "int4_forget_rouge", "relearn_forget_ma_before",
+                "relearn_forget_rouge_before", "relearn_forget_ma", "relearn_forget_rouge")
 
 
 def robustness_summary(model: nn.Module, tokenizer, source: str = "builtin:tofu-mini", forget_split: str = "forget10",
                        relearn_steps: int = 25, lr: float = 5e-4, batch_size: int = 4, max_new_tokens: int = 32,
-                       seed: int = 0, max_samples: int | None = None, progress: bool = False) -> dict[str, float | None]:
+                       seed: int = 0, max_samples: int | None = None, progress: bool = False,
+                       eval_batch_size: int = 32, max_length: int = 128,
+                       accelerator: str = "cpu", data_seed: int = 0) -> dict[str, float | int | None]:
     """Forget memorization accuracy and ROUGE-L recall of ``model``: at full precision, after 4-bit RTN
     quantization (groups of 128 where the layers allow, else per channel: ``group_size="auto"``), and after
     ``relearn_steps`` relearning steps on a seeded half of the forget split (evaluated on the other half,
-    before and after). Only the forget split is evaluated (no utility, no MIA): 4 forget-split evaluations
-    (two of half the rows) and ``relearn_steps`` training steps.
+    before and after). Only the forget MA and ROUGE-L are computed (:func:`~lit_unlearn.attacks.probe.forget_probe`:
+    no truth ratio, utility or MIA): 4 probes (two of half the rows) and ``relearn_steps`` training steps.
 
     Returns ``{"forget_ma", "forget_rouge", "int4_forget_ma", "int4_forget_rouge", "relearn_forget_ma_before",
     "relearn_forget_rouge_before", "relearn_forget_ma", "relearn_forget_rouge", "relearn_steps", "int4_group_size"}``.
+    Naive equivalent: ``quantization_attack(model, tok, QuantizeConfig(["int4"], group_size="auto"), ev)`` and
+    ``relearn_attack(model, tok, RelearnConfig(steps=(0, relearn_steps), ...), ev)`` with
+    ``ev = AttackEvalConfig(..., metrics="forget_ma_rouge")``. ``seed`` seeds the relearning (row choice and
+    training); ``data_seed`` is the builtin data's generator seed (keep 0: another seed is other data).
     """
     eval_config = AttackEvalConfig(source=source, forget_split=forget_split, utility=False, mia=False,
-                                   max_new_tokens=max_new_tokens, max_samples=max_samples, seed=seed)
+                                   max_new_tokens=max_new_tokens, max_samples=max_samples, seed=data_seed,
+                                   batch_size=eval_batch_size, max_length=max_length, metrics="forget_ma_rouge")
     quant = quantization_attack(model, tokenizer, QuantizeConfig(schemes=["int4"], group_size="auto"), eval_config)
     relearn = relearn_attack(model, tokenizer, RelearnConfig(steps=(0, relearn_steps), lr=lr, batch_size=batch_size,
-                                                            seed=seed, progress=progress), eval_config)
+                                                            seed=seed, progress=progress, accelerator=accelerator,
+                                                            max_length=max_length), eval_config)
     full, int4 = quant["results"]["full"], quant["results"][next(k for k in quant["results"] if k != "full")]
     curve = relearn["curve"]
     return {

@@ -244,8 +244,13 @@ class TOFUEvaluator:
         return greedy_generate(model, prompts, max_new_tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
 
     def _prefix_continuations(self, model, pairs: list[tuple[list[int], list[int]]]) -> list[list[list[int]]]:
-        """Greedy continuation of prompt + y_<k for every sample and k = 0..N−1, batched across samples."""
+        """Greedy continuation of prompt + y_<k for every sample and k = 0..N−1, batched across samples.
+
+        The jobs are ordered by the length they must generate (N − k, longest first; ties by sample and k), so
+        a batch of ``el_batch_size`` prefixes generates about as many steps as its rows need rather than the
+        longest answer's, which more than halves the generation steps on TOFU-length answers."""
         jobs = [(s, k) for s, (_, answer) in enumerate(pairs) for k in range(len(answer))]
+        jobs.sort(key=lambda job: (-(len(pairs[job[0]][1]) - job[1]), job))
         out: list[list[list[int]]] = [[[] for _ in answer] for _, answer in pairs]
         size = self.config.el_batch_size
         chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]

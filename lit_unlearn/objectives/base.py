@@ -62,6 +62,12 @@ class UnlearningModule(CausalLMModule):
         peft: train ``peft`` adapters (LoRA ...) instead of every weight (see :class:`CausalLMModule`). The
             reference (cached log-probs, ``live``, the ``kl`` retain term, RMU's frozen hidden states) is then
             the same model under ``peft``'s ``disable_adapter()``: no second model is built.
+        gradient_checkpointing: recompute each decoder layer's activations in the backward pass instead of
+            keeping them (transformers' non-reentrant activation checkpointing, see
+            :mod:`lit_unlearn.models.checkpointing`): saved activations drop from every layer's to one layer's
+            plus each layer's input hidden state, for one more forward pass of the layers. Same losses and
+            gradients; full fine-tuning and adapters; the frozen reference is not touched. ``use_cache`` is
+            off while training either way.
         (other arguments: see :class:`CausalLMModule`)
 
     Distributed: under DDP/DeepSpeed every rank computes its loss on its own micro-batch and gradients are
@@ -98,6 +104,7 @@ class UnlearningModule(CausalLMModule):
         gradient_rectification: bool = False,
         rectification_ema: float = 0.0,
         peft: dict[str, Any] | str | None = None,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__(model_name_or_path, tokenizer, lr, weight_decay, warmup_steps, dtype, save_dir, seed,
                          eval_config=eval_config, peft=peft)
@@ -109,6 +116,11 @@ class UnlearningModule(CausalLMModule):
         if reference_batch_size is not None and reference_batch_size < 1:
             raise ValueError(f"reference_batch_size must be >= 1, got {reference_batch_size}.")
         self.reference_batch_size = reference_batch_size
+        if not isinstance(gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be true or false, got {gradient_checkpointing!r}.")
+        self.gradient_checkpointing = gradient_checkpointing
+        self._saved_use_cache: bool | None = None
+        self._saved_fill_uninitialized = False
         if retain_loss not in self.retain_losses:
             raise ValueError(f"retain_loss must be one of {self.retain_losses}, got {retain_loss!r}.")
         if reference not in REFERENCE_MODES:
@@ -154,6 +166,36 @@ class UnlearningModule(CausalLMModule):
             else:
                 self.ref_model = copy.deepcopy(self.model).eval()
             self.ref_model.requires_grad_(False)
+        if self.gradient_checkpointing:  # after the reference copy: only the trained model is checkpointed
+            from lit_unlearn.models.checkpointing import enable_gradient_checkpointing, is_gradient_checkpointing
+
+            if not is_gradient_checkpointing(self.model):
+                enable_gradient_checkpointing(self.model)
+
+    def on_train_start(self) -> None:
+        # no key/value cache while training: a training forward never reuses the cache transformers would build
+        # and fill otherwise (restored at on_train_end, so saved configs keep the model's setting)
+        config = getattr(self.model, "config", None)
+        if config is not None and getattr(config, "use_cache", None) is not None:
+            self._saved_use_cache, config.use_cache = config.use_cache, False
+        # deterministic mode (`lit-unlearn fit` sets trainer.deterministic="warn") also fills every
+        # uninitialised tensor torch allocates with NaN, a debugging aid (torch.utils.deterministic): one extra
+        # write pass over most intermediate tensors of every step. Kernels overwrite that memory anyway, so no
+        # value changes; the deterministic kernel choice stays on. Restored at on_train_end.
+        import torch.utils.deterministic as deterministic
+
+        if torch.are_deterministic_algorithms_enabled() and deterministic.fill_uninitialized_memory:
+            self._saved_fill_uninitialized = True
+            deterministic.fill_uninitialized_memory = False
+
+    def on_train_end(self) -> None:
+        config = getattr(self.model, "config", None)
+        if config is not None and self._saved_use_cache is not None:
+            config.use_cache, self._saved_use_cache = self._saved_use_cache, None
+        if self._saved_fill_uninitialized:
+            import torch.utils.deterministic as deterministic
+
+            deterministic.fill_uninitialized_memory, self._saved_fill_uninitialized = True, False
 
     def setup(self, stage: str) -> None:
         from lit_unlearn.strategies import check_zero3_support

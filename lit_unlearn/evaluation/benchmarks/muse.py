@@ -520,6 +520,19 @@ class MUSEEvaluation(BenchmarkEvaluation):
 
 # ----------------------------------------------------------------------------- Lightning data
 
+#: the MUSE configurations whose splits are forget corpora (``MUSEDataModule(forget_split=...)``)
+FORGET_CONFIGS = ("raw", "scal", "sust")
+
+
+def check_forget_split(value: str) -> str:
+    """``"<config>/<split>"`` of a forget corpus: ``raw/forget``, ``scal/forget_k`` or ``sust/forget_k``."""
+    config, _, split = str(value).partition("/")
+    if config not in FORGET_CONFIGS or not split or (config == "raw" and split != "forget") \
+            or (config != "raw" and not (split.startswith("forget_") and split[7:].isdigit())):
+        raise ValueError(f"MUSEDataModule(forget_split={value!r}): give '<config>/<split>' of a forget corpus,"
+                         " 'raw/forget', 'scal/forget_<k>' or 'sust/forget_<k>' (k = 1..4 in MUSE).")
+    return f"{config}/{split}"
+
 
 class MUSEDataModule(TextDataModule):
     """Unlearn a MUSE corpus and evaluate on MUSE (``validate``/``test``, and during ``fit`` with
@@ -527,10 +540,14 @@ class MUSEDataModule(TextDataModule):
 
     Training: the forget corpus ``raw/forget`` and the retain corpus ``raw/retain1`` of ``muse_source``
     (MUSE's baselines regularise on retain1; retain2 stays for evaluation), chunked to ``max_length`` with
-    every token labelled, as ``TextDataModule``; ``forget_files``/``retain_files`` override them.
+    every token labelled, as ``TextDataModule``; ``forget_split`` picks another forget corpus of the source
+    (``scal/forget_k``, ``sust/forget_k``: the scalability/sustainability requests, see
+    :mod:`lit_unlearn.evaluation.benchmarks.muse_sequences`); ``forget_files``/``retain_files`` override them.
 
     Args:
         muse_source: ``builtin:muse-mini``, a folder in MUSE's layout or a hub name (``muse-bench/MUSE-News``).
+        forget_split: the forget corpus, ``"<config>/<split>"``: ``raw/forget`` (default), ``scal/forget_k``,
+            ``sust/forget_k``.
         eval_config: MUSE evaluation settings (:class:`MUSEConfig` fields; ``source`` defaults to
             ``muse_source``): e.g. ``{"retain_report": ..., "target_report": ..., "knowmem_max_new_tokens": 32}``.
         eval_max_samples: evaluate only the first rows of every MUSE split.
@@ -545,6 +562,7 @@ class MUSEDataModule(TextDataModule):
         tokenizer: str = "builtin:tofu-mini",
         forget_files: str | None = None,
         retain_files: str | None = None,
+        forget_split: str = "raw/forget",
         max_length: int = 128,
         batch_size: int = 8,
         retain_batch_size: int | None = None,
@@ -565,6 +583,7 @@ class MUSEDataModule(TextDataModule):
             raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size}.")
         self.muse_source = muse_source
         self.forget_files = forget_files
+        self.forget_split = check_forget_split(forget_split)
         cfg = dict(eval_config or {})
         cfg.setdefault("source", muse_source)
         cfg.setdefault("seed", seed)
@@ -573,18 +592,21 @@ class MUSEDataModule(TextDataModule):
         self.benchmark = MUSEBenchmark(cfg)  # validates the settings now
         self.eval_max_samples, self.eval_batch_size, self.eval_during_fit = eval_max_samples, eval_batch_size, eval_during_fit
 
-    def _muse_chunks(self, split: str, name: str):
+    def _muse_chunks(self, split: str, name: str, config: str = "raw"):
         from lit_unlearn.data.muse import muse_texts
         from lit_unlearn.data.tofu import EncodedDataset
         from lit_unlearn.data.tokenize import encode_text
 
         tokenizer = self.load_tokenizer()
-        texts = muse_texts(self.muse_source, "raw", split, self.seed)
+        texts = muse_texts(self.muse_source, config, split, self.seed)
         samples = [c for doc in texts for c in encode_text(tokenizer, doc, self.max_length)]
         return EncodedDataset(samples, None, name)
 
     def build_forget_dataset(self):
-        return self._chunks(self.forget_files, "forget") if self.forget_files else self._muse_chunks("forget", "forget")
+        if self.forget_files:
+            return self._chunks(self.forget_files, "forget")
+        config, split = self.forget_split.split("/")
+        return self._muse_chunks(split, "forget", config)
 
     def setup(self, stage: str | None = None) -> None:
         if self.retain_files is None and self.retain_dataset is None:
@@ -595,7 +617,9 @@ class MUSEDataModule(TextDataModule):
     def data_version(self) -> str:
         from lit_unlearn.data.sources import source_version
 
-        return source_version(self.muse_source, self.seed)
+        version = source_version(self.muse_source, self.seed)
+        # the forget corpus trained on is part of the run's data (scal/sust requests differ only in it)
+        return version if self.forget_split == "raw/forget" or self.forget_files else f"{version}|{self.forget_split}"
 
     def eval_datasets(self) -> list:
         if self._eval_datasets is None:
