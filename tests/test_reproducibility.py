@@ -160,6 +160,41 @@ def test_aggregate_groups_by_name_and_protocol_and_separation_is_range_overlap()
     assert "A > B" in text and "A vs C" in text and "C vs B" in text
 
 
+def _robust_record(name: str, seed: int, ma: float, int4: float, held: float, relearned: float) -> dict:
+    record = _record(name, "matched", seed, 0.4, 0.1)
+    record["robustness"] = {"forget_ma": ma, "forget_rouge": ma, "int4_forget_ma": int4, "int4_forget_rouge": int4,
+                            "relearn_forget_ma_before": held, "relearn_forget_rouge_before": held,
+                            "relearn_forget_ma": relearned, "relearn_forget_rouge": relearned, "relearn_steps": 25}
+    return record
+
+
+def test_robustness_statement_names_recovery_beyond_the_spread_and_above_the_retain_reference():
+    # Q: int4 lifts MA beyond the seed spread; R: relearning lifts MA above the retain model's relearned 0.70 on
+    # every seed; S: relearning lifts it beyond its own spread but one seed stays below the retain reference
+    records = [_robust_record("Q", s, ma, ma + 0.2, ma, ma + 0.01) for s, ma in enumerate([0.50, 0.52, 0.51])]
+    records += [_robust_record("R", s, 0.5, 0.5, held, held + 0.3) for s, held in enumerate([0.50, 0.52, 0.51])]
+    records += [_robust_record("S", s, 0.5, 0.5, held, after) for s, (held, after) in
+                enumerate([(0.50, 0.68), (0.52, 0.75), (0.51, 0.74)])]
+    summary = {"aggregate": results.aggregate(records), "settings": {"seeds": [0, 1, 2]},
+               "robustness_references": {"retain": {"relearn_forget_ma_before": 0.60, "relearn_forget_ma": 0.70}}}
+    text = results.robustness_statement(summary)
+    assert "reproduces here for 1 of 3 configurations (Q)" in text
+    assert "for 2 of 3 configurations: R, S; not for Q." in text
+    assert "from held-out forget MA 0.600 to 0.700" in text and "comes back: R (1 of 3)." in text
+    # no robustness columns: nothing to say
+    plain = {"aggregate": results.aggregate([_record("A", "matched", 0, 0.4, 0.1)])}
+    assert results.robustness_statement(plain) == ""
+
+
+def test_readme_robustness_statement_is_generated_from_the_recorded_demo():
+    """README.md's robustness block is what `--section robustness` renders from docs/results/demo_full.json."""
+    text = (ROOT / "README.md").read_text()
+    expected = results.robustness_statement(results.load_summary(ROOT / "docs" / "results" / "demo_full.json"))
+    assert expected, "docs/results/demo_full.json has no robustness columns"
+    assert results.replace_block(text, "robustness", expected) == text, \
+        "README.md's robustness block differs from docs/results/demo_full.json; regenerate it (see README.md)"
+
+
 def test_step_cost_table_is_the_recorded_output():
     """docs/benchmarks.md shows benchmarks/step_cost.py's recorded output verbatim (no number typed by hand)."""
     page = (ROOT / "docs" / "benchmarks.md").read_text()
