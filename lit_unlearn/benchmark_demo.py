@@ -42,7 +42,7 @@ import torch
 
 from lit_unlearn.pipeline import StageTimer, copy_model
 from lit_unlearn.utils.environment import DEFAULT_NUM_THREADS
-from lit_unlearn.utils.io import atomic_write_json, atomic_write_text, cache_dir
+from lit_unlearn.utils.io import atomic_write_json, atomic_write_text, cache_dir, payload_key
 
 #: forget-corpus next-token accuracy the target model must reach before unlearning means anything
 MIN_TARGET_TOKEN_ACCURACY = 0.8
@@ -107,7 +107,7 @@ def corpus_model_key(config: CorpusFinetuneConfig, tokenizer: str) -> str:
     docs = corpus_documents(config.source, config.parts, config.seed)
     payload = {"config": asdict(config), "documents": hashlib.sha256("\x00".join(docs).encode()).hexdigest(),
                "tokenizer": Path(tokenizer).name, "lit_unlearn": __version__}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return payload_key(payload)
 
 
 def finetune_corpus(config: CorpusFinetuneConfig, tokenizer: str, save_dir: str | Path, progress: bool = True) -> Path:

@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_unlearn.utils.environment import DEFAULT_NUM_THREADS
-from lit_unlearn.utils.io import atomic_write_json, cache_dir
+from lit_unlearn.utils.io import atomic_write_json, cache_dir, payload_key
 
 MIN_TARGET_MEMORIZATION = 0.8
 # The demo computes with one torch thread per process and runs its unlearning runs in parallel processes: at
@@ -96,7 +96,7 @@ def model_key(config: FinetuneConfig, tokenizer: str) -> str:
 
     payload = {"config": asdict(config), "data_version": source_version(config.source, config.seed),
                "tokenizer": Path(tokenizer).name, "lit_unlearn": __version__}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return payload_key(payload)
 
 
 def finetune(config: FinetuneConfig, tokenizer: str, save_dir: str | Path, progress: bool = True) -> Path:
@@ -493,7 +493,7 @@ def cached_reference_robustness(kind: str, model_dir: Path, source: str, forget_
             "robustness_lr", "robustness_batch_size", "accelerator")
     payload = {"model": model_dir.name, "source": source, "forget_split": forget_split, "seed": settings.seeds[0],
                "settings": {k: getattr(settings, k) for k in keys}, "code": attack_code_hash()}
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    digest = payload_key(payload)
     file = cache_dir() / "robustness" / f"{kind}-{digest}.json"
     file.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(file.with_name(file.name + ".lock"), what=f"attacking the {kind} model"):
@@ -542,7 +542,7 @@ def cached_reference_report(kind: str, model_dir: Path, source: str, forget_spli
     payload = {"model": model_dir.name, "source": source, "forget_split": forget_split, "settings": eval_settings,
                "retain_report": None if retain_report is None else json.loads(retain_report.read_text())["summary"],
                "code": evaluation_code_hash()}
-    folder = cache_dir() / "reports" / f"{kind}-{hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]}"
+    folder = cache_dir() / "reports" / f"{kind}-{payload_key(payload)}"
     with file_lock(folder.with_name(folder.name + ".lock"), what=f"evaluating the {kind} model"):
         cached = (folder / "report.json").is_file()
         if not cached:

@@ -145,3 +145,12 @@ def cache_dir() -> Path:
     """Where built tokenizers and models are cached: ``$LIT_UNLEARN_HOME`` or ``~/.cache/lit_unlearn``."""
     root = os.environ.get("LIT_UNLEARN_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "lit_unlearn")
     return Path(root)
+
+
+def payload_key(payload: object) -> str:
+    """A 16-hex-digit cache key of a JSON-serialisable ``payload`` (keys sorted, so dict order does not matter):
+    ``sha256(json.dumps(payload, sort_keys=True))[:16]``."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
