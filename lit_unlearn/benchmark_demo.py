@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
-from lit_unlearn.pipeline import StageTimer, copy_model
+from lit_unlearn.pipeline import StageTimer, cached_model, copy_model, finetune_on
 from lit_unlearn.utils.environment import DEFAULT_NUM_THREADS
-from lit_unlearn.utils.io import atomic_write_json, atomic_write_text, cache_dir, payload_key
+from lit_unlearn.utils.io import atomic_write_json, atomic_write_text, payload_key
 
 #: forget-corpus next-token accuracy the target model must reach before unlearning means anything
 MIN_TARGET_TOKEN_ACCURACY = 0.8
@@ -111,40 +111,21 @@ def corpus_model_key(config: CorpusFinetuneConfig, tokenizer: str) -> str:
 
 
 def finetune_corpus(config: CorpusFinetuneConfig, tokenizer: str, save_dir: str | Path, progress: bool = True) -> Path:
-    """Train ``config.model`` on the chunked documents with :class:`FinetuneModule`; save a HF folder."""
-    import lightning as L
-
+    """Train ``config.model`` on the chunked documents (:func:`lit_unlearn.pipeline.finetune_on`); save a HF folder."""
     from lit_unlearn.data.corpus import CorpusDataModule
-    from lit_unlearn.objectives.finetune import FinetuneModule
-    from lit_unlearn.utils.environment import set_num_threads, use_deterministic_algorithms
 
-    set_num_threads(config.num_threads)
-    use_deterministic_algorithms()
-    L.seed_everything(config.seed, verbose=False)
-    data = CorpusDataModule(documents=corpus_documents(config.source, config.parts, config.seed), tokenizer=tokenizer,
-                            max_length=config.max_length, batch_size=config.batch_size, seed=config.seed)
-    module = FinetuneModule(model_name_or_path=config.model, tokenizer=tokenizer, lr=config.lr,
-                            warmup_steps=config.warmup_steps, save_dir=str(save_dir), seed=config.seed)
-    module.extra_metadata = {"finetune_config": asdict(config)}
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=config.epochs, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False)
-    trainer.fit(module, datamodule=data)
-    return Path(save_dir)
+    return finetune_on(lambda: CorpusDataModule(documents=corpus_documents(config.source, config.parts, config.seed),
+                                                tokenizer=tokenizer, max_length=config.max_length,
+                                                batch_size=config.batch_size, seed=config.seed),
+                       config, tokenizer, save_dir, progress)
 
 
 def cached_corpus_finetune(kind: str, config: CorpusFinetuneConfig, tokenizer: str,
                            progress: bool = True) -> tuple[Path, bool]:
-    """The trained model folder for ``config`` (trained only when the cache has none); ``(path, cached)``.
-    A file lock beside the folder makes a second process wait for the first one's model."""
-    from lit_unlearn.utils.locks import file_lock
-
-    folder = cache_dir() / "models" / f"{kind}-{corpus_model_key(config, tokenizer)}"
-    if (folder / "lit_unlearn.json").is_file():
-        return folder, True
-    with file_lock(folder.with_name(folder.name + ".lock"), what=f"training the {kind} model {folder.name}"):
-        if (folder / "lit_unlearn.json").is_file():
-            return folder, True
-        return finetune_corpus(config, tokenizer, folder, progress), False
+    """The trained model folder for ``config`` (:func:`lit_unlearn.pipeline.cached_model`: trained only when the
+    cache has none, a second process waits for the first one's model); ``(path, cached)``."""
+    return cached_model(kind, corpus_model_key(config, tokenizer),
+                        lambda folder: finetune_corpus(config, tokenizer, folder, progress))
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -99,20 +99,20 @@ def model_key(config: FinetuneConfig, tokenizer: str) -> str:
     return payload_key(payload)
 
 
-def finetune(config: FinetuneConfig, tokenizer: str, save_dir: str | Path, progress: bool = True) -> Path:
-    """Train a model with :class:`FinetuneModule` per ``config`` and save it as a HF folder (atomically)."""
+def finetune_on(make_data: Callable[[], object], config, tokenizer: str, save_dir: str | Path,
+                progress: bool = True) -> Path:
+    """Train ``config.model`` with :class:`FinetuneModule` on the datamodule ``make_data()`` builds (after the
+    threads, deterministic kernels and seed are set) and save it as a HF folder. ``config`` is a dataclass with
+    ``model``, ``lr``, ``warmup_steps``, ``epochs``, ``seed`` and ``num_threads`` (recorded in the metadata)."""
     import lightning as L
 
-    from lit_unlearn.data.tofu import TOFUDataModule
     from lit_unlearn.objectives.finetune import FinetuneModule
-
     from lit_unlearn.utils.environment import set_num_threads, use_deterministic_algorithms
 
     set_num_threads(config.num_threads)
     use_deterministic_algorithms()
     L.seed_everything(config.seed, verbose=False)
-    data = TOFUDataModule(source=config.source, tokenizer=tokenizer, splits=list(config.splits),
-                          batch_size=config.batch_size, max_length=config.max_length, seed=config.seed)
+    data = make_data()
     module = FinetuneModule(model_name_or_path=config.model, tokenizer=tokenizer, lr=config.lr,
                             warmup_steps=config.warmup_steps, save_dir=str(save_dir), seed=config.seed)
     module.extra_metadata = {"finetune_config": asdict(config)}
@@ -122,21 +122,37 @@ def finetune(config: FinetuneConfig, tokenizer: str, save_dir: str | Path, progr
     return Path(save_dir)
 
 
-def cached_finetune(kind: str, config: FinetuneConfig, tokenizer: str, progress: bool = True) -> tuple[Path, bool]:
-    """The trained model folder for ``config``, training it only when the cache has none. Returns (path, cached).
+def finetune(config: FinetuneConfig, tokenizer: str, save_dir: str | Path, progress: bool = True) -> Path:
+    """Train a model on ``config``'s TOFU-format splits (:func:`finetune_on`) and save it as a HF folder."""
+    from lit_unlearn.data.tofu import TOFUDataModule
+
+    return finetune_on(lambda: TOFUDataModule(source=config.source, tokenizer=tokenizer, splits=list(config.splits),
+                                              batch_size=config.batch_size, max_length=config.max_length,
+                                              seed=config.seed),
+                       config, tokenizer, save_dir, progress)
+
+
+def cached_model(kind: str, key: str, build: Callable[[Path], Path]) -> tuple[Path, bool]:
+    """The model folder ``$LIT_UNLEARN_HOME/models/<kind>-<key>``, built by ``build(folder)`` only when the cache
+    has none. Returns (path, cached).
 
     Building holds a file lock beside the folder (``<folder>.lock``), so of two processes that need the same
     model one trains it and the other waits (``$LIT_UNLEARN_LOCK_TIMEOUT`` s at most) and then loads it.
     """
     from lit_unlearn.utils.locks import file_lock
 
-    folder = cache_dir() / "models" / f"{kind}-{model_key(config, tokenizer)}"
+    folder = cache_dir() / "models" / f"{kind}-{key}"
     if (folder / "lit_unlearn.json").is_file():
         return folder, True
     with file_lock(folder.with_name(folder.name + ".lock"), what=f"training the {kind} model {folder.name}"):
         if (folder / "lit_unlearn.json").is_file():  # built by another process while this one waited
             return folder, True
-        return finetune(config, tokenizer, folder, progress), False
+        return build(folder), False
+
+
+def cached_finetune(kind: str, config: FinetuneConfig, tokenizer: str, progress: bool = True) -> tuple[Path, bool]:
+    """The trained model folder for ``config`` (:func:`cached_model`), training it only when the cache has none."""
+    return cached_model(kind, model_key(config, tokenizer), lambda folder: finetune(config, tokenizer, folder, progress))
 
 
 def cached_models(configs: dict[str, FinetuneConfig], tokenizer: str, workers: int = 1,
