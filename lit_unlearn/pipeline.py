@@ -471,19 +471,29 @@ def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settin
     return report
 
 
-def demo_robustness(model, tokenizer, source: str, forget_split: str, settings: DemoSettings, seed: int) -> dict:
+def demo_robustness(model, tokenizer, source: str, forget_split: str, settings: DemoSettings, seed: int,
+                    report: dict | None = None) -> dict:
     """The demo's robustness columns of one model (:func:`lit_unlearn.attacks.robustness_summary`): forget MA
     and ROUGE-L at full precision and after 4-bit RTN quantization (whole forget split), and on a seeded half
     of the forget split before and after ``settings.robustness_relearn_steps`` relearning steps on the other
-    half; evaluated like the demo's reports (``max_new_tokens``, ``max_samples``, 64 tokens per sample)."""
+    half; evaluated like the demo's reports (``max_new_tokens``, ``max_samples``, 64 tokens per sample).
+    ``report``: the model's TOFU report from :func:`evaluate`, whose per-sample forget MA and ROUGE-L (the same
+    rows and settings) are reused instead of probing the full-precision model again."""
     from lit_unlearn.attacks import robustness_summary
 
+    per_sample = None
+    if report is not None:
+        from lit_unlearn.data.sources import load_rows
+
+        probed, reported = load_rows(source, forget_split), load_rows(source, f"{forget_split}_perturbed")
+        if [(r["question"], r["answer"]) for r in probed] == [(r["question"], r["answer"]) for r in reported]:
+            per_sample = report["splits"]["forget"]["per_sample"]  # the same rows in the same order
     return robustness_summary(model, tokenizer, source=source, forget_split=forget_split,
                               relearn_steps=settings.robustness_relearn_steps, lr=settings.robustness_lr,
                               batch_size=settings.robustness_batch_size, max_new_tokens=settings.max_new_tokens,
                               seed=seed, max_samples=settings.max_samples, progress=False,
                               eval_batch_size=settings.eval_batch_size, max_length=64,
-                              accelerator=settings.accelerator)
+                              accelerator=settings.accelerator, forget_per_sample=per_sample)
 
 
 def attack_code_hash() -> str:
@@ -696,7 +706,7 @@ def unlearn_and_evaluate(task: RunTask, context: RunContext, progress: bool = Fa
             save_run_model(outcome.model, tokenizer, run_dir / "model")
             records[-1]["model"] = str((run_dir / "model").relative_to(out))
             records[-1]["robustness"] = demo_robustness(outcome.model, tokenizer, context.source,
-                                                        context.forget_split, settings, seed)
+                                                        context.forget_split, settings, seed, reports[key])
             times[f"robustness {spec.name} [{protocol}, seed {seed}]"] = time.perf_counter() - start
     result = RunResult(spec.name, seed, records, reports, times)
     budget_steps = outcomes["budget"].steps if "budget" in outcomes else None

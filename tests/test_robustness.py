@@ -62,6 +62,38 @@ def test_forget_probe_equals_the_tofu_suite(trained, tokenizer):
         AttackEvalConfig(metrics="fast")
 
 
+def test_robustness_summary_equals_the_two_attacks_it_summarises(trained, tokenizer):
+    """The demo's columns: one per-row probe of the full-precision model (or the TOFU report's per-sample
+    values) stands in for the attacks' own full-precision and step-0 probes; the numbers are the same."""
+    from lit_unlearn.attacks import QuantizeConfig, quantization_attack, robustness_summary
+    from lit_unlearn.attacks.evaluation import evaluate
+
+    kwargs = dict(relearn_steps=3, max_samples=4, max_new_tokens=6, eval_batch_size=4, max_length=64, seed=1)
+    fast = robustness_summary(trained, tokenizer, **kwargs)
+    ev = AttackEvalConfig(**{**EVAL, "metrics": "forget_ma_rouge"})
+    quant = quantization_attack(trained, tokenizer, QuantizeConfig(schemes=["int4"], group_size="auto"), ev)
+    relearn = relearn_attack(trained, tokenizer, RelearnConfig(steps=(0, 3), lr=5e-4, batch_size=4, seed=1,
+                                                                max_length=64), ev)
+    int4 = quant["results"][next(k for k in quant["results"] if k != "full")]
+    naive = {"forget_ma": quant["results"]["full"]["forget/memorization_accuracy"],
+             "forget_rouge": quant["results"]["full"]["forget/rouge_l_recall"],
+             "int4_forget_ma": int4["forget/memorization_accuracy"], "int4_forget_rouge": int4["forget/rouge_l_recall"],
+             "relearn_forget_ma_before": relearn["curve"]["forget/memorization_accuracy"][0],
+             "relearn_forget_rouge_before": relearn["curve"]["forget/rouge_l_recall"][0],
+             "relearn_forget_ma": relearn["curve"]["forget/memorization_accuracy"][-1],
+             "relearn_forget_rouge": relearn["curve"]["forget/rouge_l_recall"][-1]}
+    assert naive["forget_ma"] > 0.2 and naive["relearn_forget_ma"] != naive["relearn_forget_ma_before"]  # not trivial
+    for key, value in naive.items():
+        assert fast[key] == pytest.approx(value, abs=1e-6), key
+    # the TOFU report's per-sample forget values instead of the probe
+    per_sample = evaluate(trained, tokenizer, AttackEvalConfig(**EVAL))["splits"]["forget"]["per_sample"]
+    from_report = robustness_summary(trained, tokenizer, forget_per_sample=per_sample, **kwargs)
+    for key, value in naive.items():
+        assert from_report[key] == pytest.approx(value, abs=1e-6), key
+    with pytest.raises(ValueError, match="must hold a value for each of the 4 rows"):
+        robustness_summary(trained, tokenizer, forget_per_sample={k: {0: 1.0} for k in per_sample}, **kwargs)
+
+
 def test_relearn_leaves_the_global_rng_state_alone(trained, tokenizer):
     random.seed(123)
     np.random.seed(123)

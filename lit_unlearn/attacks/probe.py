@@ -32,11 +32,33 @@ from torch import nn
 PROBE_METRICS = ("forget/memorization_accuracy", "forget/rouge_l_recall")
 
 
-@torch.no_grad()
 def forget_probe(model: nn.Module, tokenizer, rows: Sequence[dict[str, Any]], max_new_tokens: int = 32,
                  batch_size: int = 16, max_length: int = 128, where: str = "forget split") -> dict[str, float]:
     """``{"forget/memorization_accuracy": MA, "forget/rouge_l_recall": ROUGE-L}`` of ``model`` on ``rows``
     (dicts with ``question`` and ``answer``); the model's train/eval mode is restored afterwards."""
+    return probe_means(forget_probe_per_sample(model, tokenizer, rows, max_new_tokens, batch_size, max_length, where))
+
+
+def probe_means(per_sample: dict[str, dict[int, float]], rows: Sequence[int] | None = None) -> dict[str, float]:
+    """Each metric's mean over ``rows`` (default: every row) of :func:`forget_probe_per_sample`'s values, in
+    float32 and row order as the metric classes' ``compute``: the probe of those rows alone, without probing
+    them again (the values of a row do not depend on the other rows, up to float rounding in padded batches)."""
+    out = {}
+    for name, values in per_sample.items():
+        keys = sorted(values) if rows is None else list(rows)
+        missing = [i for i in keys if i not in values]
+        if missing or not keys:
+            raise ValueError(f"probe_means: no per-sample {name} for rows {missing[:5] or keys}")
+        out[name] = float(torch.tensor([values[i] for i in sorted(keys)], dtype=torch.float32).mean())
+    return out
+
+
+@torch.no_grad()
+def forget_probe_per_sample(model: nn.Module, tokenizer, rows: Sequence[dict[str, Any]], max_new_tokens: int = 32,
+                            batch_size: int = 16, max_length: int = 128,
+                            where: str = "forget split") -> dict[str, dict[int, float]]:
+    """:func:`forget_probe` per row: ``{"forget/memorization_accuracy": {row: MA}, "forget/rouge_l_recall":
+    {row: ROUGE-L}}`` (rows numbered by their position in ``rows``)."""
     from lit_unlearn.data.tofu import EncodedDataset, encode_rows, validate_rows
     from lit_unlearn.data.tokenize import PadCollator, prompt_ids
     from lit_unlearn.functional.generation import greedy_generate
@@ -69,4 +91,4 @@ def forget_probe(model: nn.Module, tokenizer, rows: Sequence[dict[str, Any]], ma
             rouge.update(texts, [rows[i]["answer"] for i in chunk], index=index)
     finally:
         model.train(was_training)
-    return {"forget/memorization_accuracy": float(ma.compute()), "forget/rouge_l_recall": float(rouge.compute())}
+    return {"forget/memorization_accuracy": ma.value_by_index(), "forget/rouge_l_recall": rouge.value_by_index()}

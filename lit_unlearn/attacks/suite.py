@@ -3,7 +3,7 @@ copies of one model and collect the robustness section of the report."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -160,38 +160,67 @@ def robustness_summary(model: nn.Module, tokenizer, source: str = "builtin:tofu-
                        relearn_steps: int = 25, lr: float = 5e-4, batch_size: int = 4, max_new_tokens: int = 32,
                        seed: int = 0, max_samples: int | None = None, progress: bool = False,
                        eval_batch_size: int = 32, max_length: int = 128,
-                       accelerator: str = "cpu", data_seed: int = 0) -> dict[str, float | int | None]:
+                       accelerator: str = "cpu", data_seed: int = 0,
+                       forget_per_sample: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, float | int | None]:
     """Forget memorization accuracy and ROUGE-L recall of ``model``: at full precision, after 4-bit RTN
     quantization (groups of 128 where the layers allow, else per channel: ``group_size="auto"``), and after
     ``relearn_steps`` relearning steps on a seeded half of the forget split (evaluated on the other half,
     before and after). Only the forget MA and ROUGE-L are computed (:func:`~lit_unlearn.attacks.probe.forget_probe`:
-    no truth ratio, utility or MIA): 4 probes (two of half the rows) and ``relearn_steps`` training steps.
+    no truth ratio, utility or MIA).
+
+    The full-precision model is probed once, per row: its mean is the full-precision column and its mean
+    over the held-out half is the "before relearning" column. ``forget_per_sample``: those per-row values
+    when they are already known, e.g. the model's TOFU report ``splits.forget.per_sample`` on the same
+    forget rows (keys ``memorization_accuracy`` and ``rouge_l_recall``, by row), which saves that probe too.
+    Then the work is one probe of the quantized model, ``relearn_steps`` training steps and one probe of half
+    the rows.
 
     Returns ``{"forget_ma", "forget_rouge", "int4_forget_ma", "int4_forget_rouge", "relearn_forget_ma_before",
     "relearn_forget_rouge_before", "relearn_forget_ma", "relearn_forget_rouge", "relearn_steps", "int4_group_size"}``.
     Naive equivalent: ``quantization_attack(model, tok, QuantizeConfig(["int4"], group_size="auto"), ev)`` and
     ``relearn_attack(model, tok, RelearnConfig(steps=(0, relearn_steps), ...), ev)`` with
-    ``ev = AttackEvalConfig(..., metrics="forget_ma_rouge")``. ``seed`` seeds the relearning (row choice and
-    training); ``data_seed`` is the builtin data's generator seed (keep 0: another seed is other data).
+    ``ev = AttackEvalConfig(..., metrics="forget_ma_rouge")`` (equal up to float rounding in padded batches,
+    ``tests/test_robustness.py``). ``seed`` seeds the relearning (row choice and training); ``data_seed`` is
+    the builtin data's generator seed (keep 0: another seed is other data).
     """
+    from lit_unlearn.attacks.probe import PROBE_METRICS, forget_probe_per_sample, probe_means
+
     eval_config = AttackEvalConfig(source=source, forget_split=forget_split, utility=False, mia=False,
                                    max_new_tokens=max_new_tokens, max_samples=max_samples, seed=data_seed,
                                    batch_size=eval_batch_size, max_length=max_length, metrics="forget_ma_rouge")
-    quant = quantization_attack(model, tokenizer, QuantizeConfig(schemes=["int4"], group_size="auto"), eval_config)
-    relearn = relearn_attack(model, tokenizer, RelearnConfig(steps=(0, relearn_steps), lr=lr, batch_size=batch_size,
-                                                            seed=seed, progress=progress, accelerator=accelerator,
-                                                            max_length=max_length), eval_config)
-    full, int4 = quant["results"]["full"], quant["results"][next(k for k in quant["results"] if k != "full")]
-    curve = relearn["curve"]
+    relearn_config = RelearnConfig(steps=(relearn_steps,) if relearn_steps > 0 else (0,), lr=lr,
+                                   batch_size=batch_size, seed=seed, progress=progress, accelerator=accelerator,
+                                   max_length=max_length)
+    plan = plan_relearning(relearn_config, eval_config)
+    rows = eval_config.rows("forget")
+    if forget_per_sample is None:
+        full_rows = forget_probe_per_sample(model, tokenizer, rows, max_new_tokens, eval_batch_size, max_length,
+                                            where=f"split {forget_split!r}")
+    else:
+        full_rows = {f"forget/{name}": dict(forget_per_sample[name])
+                     for name in ("memorization_accuracy", "rouge_l_recall")}
+        if any(sorted(values) != list(range(len(rows))) for values in full_rows.values()):
+            raise ValueError(f"robustness_summary: forget_per_sample must hold a value for each of the {len(rows)}"
+                             f" rows of {forget_split!r} (0..{len(rows) - 1}); it has rows"
+                             f" {sorted(full_rows['forget/memorization_accuracy'])[:5]}...")
+    full = probe_means(full_rows)
+    before = probe_means(full_rows, plan.eval_forget_rows)
+    quant = quantization_attack(model, tokenizer, QuantizeConfig(schemes=["int4"], group_size="auto"), eval_config,
+                                baseline=full)
+    int4 = quant["results"][next(k for k in quant["results"] if k != "full")]
+    after = before
+    if relearn_steps > 0:
+        curve = relearn_attack(model, tokenizer, relearn_config, eval_config, plan=plan)["curve"]
+        after = {name: curve[name][-1] for name in PROBE_METRICS}
     return {
         "forget_ma": full["forget/memorization_accuracy"],
         "forget_rouge": full["forget/rouge_l_recall"],
         "int4_forget_ma": int4["forget/memorization_accuracy"],
         "int4_forget_rouge": int4["forget/rouge_l_recall"],
         "int4_group_size": quant["group_size"],
-        "relearn_forget_ma_before": curve["forget/memorization_accuracy"][0],
-        "relearn_forget_rouge_before": curve["forget/rouge_l_recall"][0],
-        "relearn_forget_ma": curve["forget/memorization_accuracy"][-1],
-        "relearn_forget_rouge": curve["forget/rouge_l_recall"][-1],
+        "relearn_forget_ma_before": before["forget/memorization_accuracy"],
+        "relearn_forget_rouge_before": before["forget/rouge_l_recall"],
+        "relearn_forget_ma": after["forget/memorization_accuracy"],
+        "relearn_forget_rouge": after["forget/rouge_l_recall"],
         "relearn_steps": relearn_steps,
     }

@@ -44,6 +44,11 @@ class EvalConfig:
             the ROUGE ones need ``generation``.
         relative_to_retain: add ``relative_to_retain`` to the report: every split metric's
             (value − retain value) / |retain value| against the matching ``retain_report``.
+        shared_prompt: score the answer variants of a question (answer, paraphrase, perturbed answers)
+            from one forward pass of the question (a shared key/value cache,
+            :mod:`lit_unlearn.functional.prompt_cache`): about half the forward work on TOFU, same values up
+            to float rounding. ``False``: one full forward pass per (question, answer) sequence (bit-exact
+            comparisons with code that scores full sequences).
     """
 
     max_new_tokens: int = 200
@@ -59,6 +64,7 @@ class EvalConfig:
     store_generations: bool = True
     metric_variants: list[str] | None = None
     relative_to_retain: bool = False
+    shared_prompt: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

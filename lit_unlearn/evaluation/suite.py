@@ -7,6 +7,9 @@ torchmetrics states of every split (so DDP syncs them) and computes the raw resu
 
 Per batch of B samples the evaluator runs
 
+* one forward of the B questions, whose key/value cache every answer variant reuses
+  (``EvalConfig.shared_prompt``, :mod:`lit_unlearn.functional.prompt_cache`; without it each variant below
+  is a full question + answer forward);
 * one forward of the B answers: probability, memorization accuracy, extraction strength, MIA scores;
 * one forward of the B paraphrased answers (forget/retain; elsewhere the answer's NLL is reused);
 * one forward of the B·J perturbed answers: truth ratio (and normalised probability on real-authors and
@@ -37,7 +40,14 @@ from lit_unlearn.evaluation.core import (  # noqa: F401 (eval_dataloader, base_m
 )
 from lit_unlearn.evaluation.data import EvalCollator, EvalDataset, EvalSplit, build_eval_datasets
 from lit_unlearn.functional import metrics as F
-from lit_unlearn.functional.generation import check_generation_ids, greedy_generate, split_prompt_answer
+from lit_unlearn.functional.generation import (
+    assemble_prefix_continuations,
+    check_generation_ids,
+    continues_answer,
+    greedy_generate,
+    split_prompt_answer,
+)
+from lit_unlearn.functional.prompt_cache import shared_prompt_logits
 from lit_unlearn.functional.tokens import sequence_nll_mean, token_logprobs
 from lit_unlearn.metrics import (
     MIAAUC,
@@ -189,6 +199,16 @@ class TOFUEvaluator:
         logp, mask = token_logprobs(logits, sub["labels"].to(logits.device))  # (B, T-1)
         return sequence_nll_mean(logp, mask)  # (B,)
 
+    def _shared_prompt_logits(self, model, batch: Mapping[str, Any], spec: EvalSplit) -> dict[str, tuple[Tensor, Tensor]]:
+        """``(logits, labels)`` of the answer, the paraphrase and the perturbed answers from one pass of the
+        questions (:func:`~lit_unlearn.functional.prompt_cache.shared_prompt_logits`)."""
+        groups = {"answer": (batch["answer"], 1)}
+        if spec.truth_ratio_split is not None:
+            if "correct" in batch:
+                groups["correct"] = (batch["correct"], 1)
+            groups["perturbed"] = (batch["perturbed"], int(batch["num_perturbed"]))
+        return shared_prompt_logits(model, batch["prompt_ids"], groups, self.tokenizer.pad_token_id)
+
     @torch.no_grad()
     def update(self, key: str, batch: Mapping[str, Any], model) -> None:
         """Score one collated batch (:class:`EvalCollator`) of split ``key`` with ``model`` (a HF causal LM)."""
@@ -198,8 +218,12 @@ class TOFUEvaluator:
         index = batch["index"]
         answer = batch["answer"]
 
-        logits = self._logits(model, answer)  # (B, T, V): one forward for every answer-based metric
-        labels = answer["labels"].to(logits.device)
+        shared = self._shared_prompt_logits(model, batch, spec) if self.config.shared_prompt else {}
+        if shared:  # (B, A+1, V): the question's last logits, then the answer's (prompt_cache)
+            logits, labels = shared.pop("answer")
+        else:  # (B, T, V): one forward for every answer-based metric
+            logits = self._logits(model, answer)
+            labels = answer["labels"].to(logits.device)
         index = index.to(logits.device)
         m["probability"].update(logits, labels, index=index)
         if spec.role != "holdout":
@@ -210,12 +234,21 @@ class TOFUEvaluator:
                 metric.update(logits, labels, member=key == "forget", texts=batch["answer_text"], index=index)
         logp, mask = token_logprobs(logits, labels)
         answer_nll = sequence_nll_mean(logp, mask)  # (B,)
+        predicted: list[list[int]] | None = None
+        if "extraction_likelihood" in m:  # the greedy token at every answer position (teacher forcing)
+            predicted = [row[v].tolist() for row, v in zip(logits[:, :-1].argmax(dim=-1), mask)]
+            scored = [row[v].tolist() for row, v in zip(labels[:, 1:], mask)]
         del logits, logp
 
         if spec.truth_ratio_split is not None:
-            correct_nll = self._avg_nll(model, batch["correct"]) if "correct" in batch else answer_nll
             num_perturbed = int(batch["num_perturbed"])
-            perturbed_nll = self._avg_nll(model, batch["perturbed"]).view(-1, num_perturbed)  # (B, J)
+            if shared:
+                correct_nll = sequence_nll_mean(*token_logprobs(*shared["correct"])) if "correct" in shared else answer_nll
+                perturbed_nll = sequence_nll_mean(*token_logprobs(*shared["perturbed"])).view(-1, num_perturbed)
+            else:
+                correct_nll = self._avg_nll(model, batch["correct"]) if "correct" in batch else answer_nll
+                perturbed_nll = self._avg_nll(model, batch["perturbed"]).view(-1, num_perturbed)  # (B, J)
+            del shared
             m["truth_ratio"].update(correct_nll, perturbed_nll, index=index)
             if "truth_ratio_prob_mean" in m:
                 m["truth_ratio_prob_mean"].update(correct_nll, perturbed_nll, index=index)
@@ -235,7 +268,9 @@ class TOFUEvaluator:
         if "extraction_likelihood" in m:
             pairs = split_prompt_answer(answer["input_ids"].cpu(), answer["labels"].cpu(),
                                         answer["attention_mask"].cpu(), exclude_last=True)
-            continuations = self._prefix_continuations(model, pairs)
+            if not all(t[: len(a)] == a for t, (_, a) in zip(scored, pairs)):
+                predicted = None  # pragma: no cover - the answer pass scored other tokens: generate every prefix
+            continuations = self._prefix_continuations(model, pairs, predicted)
             targets = [a for _, a in pairs]
             m["extraction_likelihood"].update(continuations, targets, index=index)
             self.el_reduced[key].update(int(i) for i, t in zip(index.tolist(), targets) if len(t) <= self.config.el_n)
@@ -243,23 +278,33 @@ class TOFUEvaluator:
     def _generate(self, prompts: list[list[int]], model, max_new_tokens: int) -> list[list[int]]:
         return greedy_generate(model, prompts, max_new_tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
 
-    def _prefix_continuations(self, model, pairs: list[tuple[list[int], list[int]]]) -> list[list[list[int]]]:
+    def _prefix_continuations(self, model, pairs: list[tuple[list[int], list[int]]],
+                              predicted: list[list[int]] | None = None) -> list[list[list[int]]]:
         """Greedy continuation of prompt + y_<k for every sample and k = 0..N−1, batched across samples.
 
-        The jobs are ordered by the length they must generate (N − k, longest first; ties by sample and k), so
-        a batch of ``el_batch_size`` prefixes generates about as many steps as its rows need rather than the
-        longest answer's, which more than halves the generation steps on TOFU-length answers."""
-        jobs = [(s, k) for s, (_, answer) in enumerate(pairs) for k in range(len(answer))]
+        With ``predicted`` (the model's argmax at each answer position, from the answer's forward pass) only
+        the prefixes whose first greedy token is not the answer's are generated; the others follow from the
+        next prefix (:func:`~lit_unlearn.functional.generation.assemble_prefix_continuations`), so a model
+        that still knows an answer costs few generations. The jobs are ordered by the length they must
+        generate (N − k, longest first; ties by sample and k), so a batch of ``el_batch_size`` prefixes
+        generates about as many steps as its rows need rather than the longest answer's."""
+        eos = self.tokenizer.eos_token_id
+        jobs = [(s, k) for s, (_, answer) in enumerate(pairs) for k in range(len(answer))
+                if predicted is None or not continues_answer(answer, predicted[s], k, eos)]
         jobs.sort(key=lambda job: (-(len(pairs[job[0]][1]) - job[1]), job))
-        out: list[list[list[int]]] = [[[] for _ in answer] for _, answer in pairs]
+        generated: list[dict[int, list[int]]] = [{} for _ in pairs]
         size = self.config.el_batch_size
         chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         for chunk in chunks:
             prompts = [pairs[s][0] + pairs[s][1][:k] for s, k in chunk]
             longest = max(len(pairs[s][1]) - k for s, k in chunk)
-            generated = self._generate(prompts, model, longest)
-            for (s, k), g in zip(chunk, generated):
-                out[s][k] = g[: len(pairs[s][1]) - k]
+            for (s, k), g in zip(chunk, self._generate(prompts, model, longest)):
+                generated[s][k] = g[: len(pairs[s][1]) - k]
+        if predicted is None:
+            out = [[generated[s][k] for k in range(len(answer))] for s, (_, answer) in enumerate(pairs)]
+        else:
+            out = [assemble_prefix_continuations(answer, predicted[s], generated[s], eos)
+                   for s, (_, answer) in enumerate(pairs)]
         if _zero3_enabled():  # generate syncs ranks under ZeRO-3: every rank must call it equally often
             device = next(model.parameters()).device
             for _ in range(_max_over_ranks(len(chunks), device) - len(chunks)):

@@ -6,7 +6,7 @@ syncs ranks). Call them with the model in ``eval()`` mode.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -183,6 +183,36 @@ def split_prompt_answer(
             raise ValueError(f"split_prompt_answer: row {row} has no answer tokens besides the final EOS")
         pairs.append((prompt, answer))
     return pairs
+
+
+def continues_answer(answer: Sequence[int], predicted: Sequence[int], k: int, eos_token_id: int | None) -> bool:
+    """Whether the greedy continuation of ``prompt + answer[:k]`` starts with ``answer[k]``: the model's
+    argmax at that position (``predicted[k]``, from one teacher-forced forward pass) is the answer token and
+    not EOS (a continuation stops before EOS)."""
+    return predicted[k] == answer[k] and answer[k] != eos_token_id
+
+
+def assemble_prefix_continuations(answer: Sequence[int], predicted: Sequence[int],
+                                  generated: Mapping[int, list[int]], eos_token_id: int | None) -> list[list[int]]:
+    """Every prefix continuation of one answer from the generated ones of the prefixes that need generating.
+
+    Greedy decoding is a function of the context, so when the continuation of ``prompt + answer[:k]`` starts
+    with ``answer[k]`` (:func:`continues_answer`) its remaining tokens are the continuation of
+    ``prompt + answer[:k+1]``: ``cont(k) = [answer[k]] + cont(k+1)`` (``cont(N) = []``; the lengths agree:
+    ``N − k`` at most). Only the other prefixes, whose first greedy token differs from the answer, need a
+    generation (``generated[k]``). Naive equivalent: generate every prefix (:func:`prefix_continuations`);
+    the two agree wherever the teacher-forced argmax equals the first generated token (both are the argmax
+    of the same logits, computed on other shapes; they differ only at exact float ties).
+    """
+    out: list[list[int]] = [[] for _ in answer]
+    for k in reversed(range(len(answer))):
+        if k in generated:
+            out[k] = list(generated[k])
+        elif continues_answer(answer, predicted, k, eos_token_id):
+            out[k] = [answer[k]] + (out[k + 1] if k + 1 < len(answer) else [])
+        else:
+            raise ValueError(f"prefix {k} needs a generated continuation (its greedy token is not the answer's)")
+    return out
 
 
 def batch_prefix_continuations(

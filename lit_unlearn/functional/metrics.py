@@ -389,6 +389,30 @@ def model_utility(values: Tensor | Sequence[float]) -> float:
 _ROUGE_SCORER = None
 
 
+class _MemoTokenizer:
+    """rouge_score's own ``DefaultTokenizer`` (lower-casing, non-alphanumerics removed, Porter stemmer when
+    asked) with its results remembered per text: an evaluation scores the same reference answers for every
+    model, and stemming is most of ROUGE's cost. Passed through ``RougeScorer``'s public ``tokenizer``
+    argument; the tokens, and so every score, are rouge_score's."""
+
+    def __init__(self, use_stemmer: bool, max_texts: int = 1 << 16):
+        import functools
+
+        from rouge_score.tokenizers import DefaultTokenizer
+
+        inner = DefaultTokenizer(use_stemmer=use_stemmer)
+        self._tokenize = functools.lru_cache(maxsize=max_texts)(lambda text: tuple(inner.tokenize(text)))
+
+    def tokenize(self, text: str) -> list[str]:
+        return list(self._tokenize(text))
+
+
+def _rouge_scorer(rouge_type: str, use_stemmer: bool):
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return RougeScorer([rouge_type], use_stemmer=use_stemmer, tokenizer=_MemoTokenizer(use_stemmer))
+
+
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L recall of each prediction against its reference (``rouge_score``, rougeL, stemmer on).
 
@@ -398,9 +422,7 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> lis
     if len(predictions) != len(references):
         raise ValueError(f"rouge_l_recall: {len(predictions)} predictions but {len(references)} references")
     if _ROUGE_SCORER is None:
-        from rouge_score.rouge_scorer import RougeScorer
-
-        _ROUGE_SCORER = RougeScorer(["rougeL"], use_stemmer=True)
+        _ROUGE_SCORER = _rouge_scorer("rougeL", use_stemmer=True)
     return [_ROUGE_SCORER.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)]
 
 
@@ -427,9 +449,7 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str], rouge_ty
         raise ValueError(f"rouge_scores: {len(predictions)} predictions but {len(references)} references")
     key = (rouge_type, bool(use_stemmer))
     if key not in _ROUGE_SCORERS:
-        from rouge_score.rouge_scorer import RougeScorer
-
-        _ROUGE_SCORERS[key] = RougeScorer([rouge_type], use_stemmer=bool(use_stemmer))
+        _ROUGE_SCORERS[key] = _rouge_scorer(rouge_type, bool(use_stemmer))
     scorer = _ROUGE_SCORERS[key]
     field = "fmeasure" if measure == "f1" else measure
     return [getattr(scorer.score(ref, pred)[rouge_type], field) for pred, ref in zip(predictions, references)]

@@ -28,9 +28,13 @@ def token_logprobs(logits: Tensor, labels: Tensor, max_bytes: int | None = None,
         logits: ``(B, T, V)`` model outputs.
         labels: ``(B, T)`` target ids, ``-100`` where no loss is taken.
         max_bytes: memory bound of the upcast copy (default :data:`LOGPROB_MEMORY_BOUND`); when the whole
-            ``(B, T-1, V)`` copy would exceed it, :func:`chunked_label_logprobs` computes the same values
-            with extra memory bounded by ``chunk_bytes`` (default :data:`LOGPROB_CHUNK_BYTES`), forward and
-            backward.
+            ``(B, T-1, V)`` copy would exceed it, the rows are processed in chunks of ``chunk_bytes``
+            (default :data:`LOGPROB_CHUNK_BYTES`), forward and backward, so the extra memory is one chunk.
+
+    Below the bound the whole tensor is one chunk: the values are exactly ``gather − logsumexp`` of the upcast
+    logits, and the backward pass writes ``g · (onehot(y) − softmax)`` straight into the gradient of the
+    logits (one fused pass, as ``F.cross_entropy``'s backward does, instead of autograd's zero-filled gather
+    and slice gradients; ``benchmarks/step_overhead.py`` measured that difference).
 
     Returns:
         ``logp`` ``(B, T-1)`` (0 where masked) and ``mask`` ``(B, T-1)`` bool. ``logp`` is float32 for
@@ -42,20 +46,12 @@ def token_logprobs(logits: Tensor, labels: Tensor, max_bytes: int | None = None,
     """
     itemsize = 8 if logits.dtype == torch.float64 else 4
     bound = LOGPROB_MEMORY_BOUND if max_bytes is None else max_bytes
-    if logits.shape[0] * max(logits.shape[1] - 1, 0) * logits.shape[-1] * itemsize > bound:
-        targets = labels[:, 1:]
-        mask = targets != IGNORE_INDEX
-        logp = chunked_label_logprobs(logits, targets.masked_fill(~mask, 0),
-                                      LOGPROB_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
-        return logp.masked_fill(~mask, 0.0), mask
-    logits = logits[:, :-1, :]  # (B, T-1, V)
-    if logits.dtype != torch.float64:
-        logits = logits.float()  # log-softmax of bf16/fp16 logits is computed in float32
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE_INDEX
-    safe_targets = targets.masked_fill(~mask, 0)
-    picked = logits.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    logp = picked - torch.logsumexp(logits, dim=-1)
+    rows = logits.shape[0] * logits.shape[1]
+    if logits.shape[0] * max(logits.shape[1] - 1, 0) * logits.shape[-1] * itemsize > bound:
+        rows = max(1, int(LOGPROB_CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // (logits.shape[-1] * itemsize))
+    logp = _ChunkedLabelLogprob.apply(logits.contiguous(), targets.masked_fill(~mask, 0), max(rows, 1))[0]
     return logp.masked_fill(~mask, 0.0), mask
 
 
@@ -99,9 +95,15 @@ class _ChunkedLabelLogprob(torch.autograd.Function):
         step = ctx.rows_per_chunk
         for start in range(0, B * T, step):
             stop = start + step
-            d = torch.exp(flat[start:stop].to(dtype) - flat_lse[start:stop]).mul_(-g[start:stop])  # −g · softmax
+            rows = flat[start:stop]
+            if rows.dtype == dtype:  # float32/float64 logits: computed in place in the gradient buffer
+                d = torch.sub(rows, flat_lse[start:stop], out=grad[start:stop])
+            else:  # half precision: in float32, then rounded into the gradient
+                d = rows.to(dtype).sub_(flat_lse[start:stop])
+            d.exp_().mul_(-g[start:stop])  # −g · softmax
             d.scatter_add_(-1, flat_targets[start:stop], g[start:stop])  # + g · onehot(y)
-            grad[start:stop] = d
+            if rows.dtype != dtype:
+                grad[start:stop] = d
         return grad.reshape(B, T, V), None, None
 
 
