@@ -24,6 +24,7 @@ written to ``<out>/models/{target,retain}`` for the CLI examples. Their reports 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import time
@@ -240,7 +241,7 @@ class DemoSettings:
     batch_size: int = 8
     mrd_samples: int = 32  # Monte-Carlo perturbations per MRD scoring (paper: 100-200)
     max_new_tokens: int = 32  # builtin answers are at most ~20 tokens
-    eval_batch_size: int = 32
+    eval_batch_size: int = 64  # 64 rather than 32: half the generate calls, ~10 % faster evaluation
     max_samples: int | None = None  # evaluate only the first rows of each split (tests)
     geffect_every: int = 5
     target_splits: tuple[str, ...] | None = None  # default: every author + general knowledge
@@ -277,13 +278,27 @@ PROTOCOLS = ("budget", "matched")
 
 
 def unlearning_data(target: Path, source: str, forget_split: str, settings: DemoSettings, seed: int = 0):
-    """The forget/retain datamodule of the demo; ``seed`` orders the batches (the data itself is fixed)."""
+    """The forget/retain datamodule of the demo; ``seed`` orders the batches (the data itself is fixed, so its
+    tokenised datasets are built once per process and handed to every run's datamodule: they are read-only)."""
+    data = _unlearning_datamodule(target, source, forget_split, settings.batch_size, seed)
+    data.forget_dataset, data.retain_dataset = _encoded_unlearning_data(str(target), source, forget_split,
+                                                                        settings.batch_size)
+    return data
+
+
+def _unlearning_datamodule(target: Path | str, source: str, forget_split: str, batch_size: int, seed: int):
     from lit_unlearn.data.tofu import UnlearningDataModule
 
     retain_split = "retain" + str(100 - int(forget_split.removeprefix("forget")))
     return UnlearningDataModule(source=source, tokenizer=str(target), forget_split=forget_split,
-                                retain_split=retain_split, batch_size=settings.batch_size, max_length=64,
-                                shuffle_seed=seed)
+                                retain_split=retain_split, batch_size=batch_size, max_length=64, shuffle_seed=seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoded_unlearning_data(target: str, source: str, forget_split: str, batch_size: int) -> tuple:
+    data = _unlearning_datamodule(target, source, forget_split, batch_size, 0)
+    data.setup("fit")
+    return data.forget_dataset, data.retain_dataset
 
 
 @torch.no_grad()
@@ -450,21 +465,43 @@ def unlearn_protocols(spec: UnlearnSpec, target: Path, source: str, forget_split
     return module, callbacks, snapshots.outcomes
 
 
+DEMO_EVAL_MAX_LENGTH = 64  # tokens per (question, answer): the builtin answers fit with room to spare
+
+
+def demo_eval_splits(forget_split: str) -> dict[str, str]:
+    """The evaluation splits of the demo's reports for ``forget_split`` (``forget10`` -> ``holdout10`` ...)."""
+    return {"forget": f"{forget_split}_perturbed", "retain": "retain_perturbed",
+            "real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed",
+            "holdout": f"holdout{forget_split.removeprefix('forget')}"}
+
+
+@functools.lru_cache(maxsize=4)
+def demo_eval_datasets(tokenizer: str, source: str, forget_split: str, max_samples: int | None) -> list:
+    """The tokenised evaluation datasets of the demo's reports, built once per process (a demo evaluates
+    about 120 models on the same data)."""
+    from lit_unlearn.evaluation.data import build_eval_datasets
+    from lit_unlearn.models.loading import load_tokenizer
+
+    return build_eval_datasets(load_tokenizer(tokenizer), source, demo_eval_splits(forget_split),
+                               DEMO_EVAL_MAX_LENGTH, max_samples)
+
+
 def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settings: DemoSettings,
              retain_report: Path | None = None, progress: bool = True, name: str | None = None,
              plots: bool = True) -> dict:
     """The TOFU-style suite on one model; writes ``out/report.{json,md}`` and (``plots``) ``metrics.png``."""
     from lit_unlearn.evaluation import TOFUEvaluation
 
-    pct = forget_split.removeprefix("forget")
-    splits = {"forget": f"{forget_split}_perturbed", "retain": "retain_perturbed",
-              "real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed",
-              "holdout": f"holdout{pct}"}
+    splits = demo_eval_splits(forget_split)
+    datasets = None
+    if isinstance(tokenizer, (str, Path)):  # the demo's case: tokenise once per process, not per evaluation
+        datasets = demo_eval_datasets(str(tokenizer), source, forget_split, settings.max_samples)
     evaluation = TOFUEvaluation(model, tokenizer=tokenizer, source=source, splits=splits,
                                 retain_report=retain_report, max_new_tokens=settings.max_new_tokens,
-                                batch_size=settings.eval_batch_size, max_length=64,
+                                batch_size=settings.eval_batch_size, max_length=DEMO_EVAL_MAX_LENGTH,
                                 max_samples=settings.max_samples, out_dir=out, progress=progress, plots=plots,
-                                el_splits=["forget"])  # EL (a generation per answer prefix) is a forget metric
+                                el_splits=["forget"],  # EL (a generation per answer prefix) is a forget metric
+                                datasets=datasets)
     report = evaluation.run()
     if name is not None:
         report.setdefault("metadata", {})["run_name"] = name

@@ -370,6 +370,9 @@ class TOFUEvaluation:
         dtype: dtype when loading from a path.
         progress: tqdm progress bars on rank 0.
         config: an :class:`EvalConfig` instead of the individual settings.
+        datasets: already built datasets (:func:`build_eval_datasets` with this tokenizer) instead of
+            building them from ``source``/``splits``/``max_length``/``max_samples``: tokenise once, evaluate
+            many models (``source`` and ``seed`` are still what the report records).
 
     Example::
 
@@ -400,9 +403,11 @@ class TOFUEvaluation:
         progress: bool = True,
         seed: int = 0,
         config: EvalConfig | None = None,
+        datasets: Sequence[EvalDataset] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self._datasets = None if datasets is None else list(datasets)
         self.config = config or EvalConfig(
             max_new_tokens=max_new_tokens, generation=generation, el_n=el_n, el_splits=el_splits, mia_k=mia_k,
             retain_report=None if retain_report is None else str(retain_report),
@@ -425,6 +430,8 @@ class TOFUEvaluation:
                                         who="TOFUEvaluation")
 
     def datasets(self, tokenizer) -> list[EvalDataset]:
+        if self._datasets is not None:
+            return self._datasets
         return build_eval_datasets(tokenizer, self.source, self.splits, self.max_length, self.max_samples, self.seed)
 
     def run(self) -> dict[str, Any]:
