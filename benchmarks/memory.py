@@ -46,6 +46,7 @@ with FlashAttention nothing grows with S², as in the CPU fit (PyTorch's CPU SDP
     nice -n 19 python benchmarks/memory.py [--out benchmarks/results/memory.json] [--batch 4] [--seq 128] [--jobs 4]
     nice -n 19 python benchmarks/memory.py --quick --jobs 4     # ~8 M, 13 M, 27 M weights, 4 × 64 tokens
     python benchmarks/memory.py --render benchmarks/results/memory.json --page docs/peft.md   # the docs table
+    python benchmarks/memory.py --render benchmarks/results/memory.json --summary --page README.md   # README's
 
 Naive equivalent of one measurement: run the step in a fresh process and read ``VmHWM`` (``/usr/bin/time -v``'s
 "Maximum resident set size").
@@ -423,10 +424,33 @@ def ckpt_note(c: dict[str, Any]) -> str:
     return f" and a_ckpt = {c['a_ckpt']:.1f} per token and (h + i) for the recomputed layer"
 
 
+def recorded_on(result: dict[str, Any]) -> str:
+    """The machine a recorded run measured on: the GPU names on CUDA, else the CPU model."""
+    env = result["environment"]
+    if result["device"] == "cuda" and env.get("gpus"):
+        return ", ".join(str(g) for g in env["gpus"]) if isinstance(env["gpus"], list) else str(env["gpus"])
+    return env.get("cpu") or env.get("processor") or env.get("machine") or "an unrecorded machine"
+
+
+def render_summary(result: dict[str, Any]) -> str:
+    """README.md's ``memory`` block: the 8B predictions with chunked log-probs and gradient checkpointing."""
+    lines = [f"Predicted per-GPU peak of one NPO step (policy + reference + AdamW) for a Llama-3-8B-shaped model in"
+             f" bf16, batch 4 × 512 tokens, chunked log-probs and gradient checkpointing; the memory model was"
+             f" fitted to {len(result['measurements'])} measurements recorded {result['date']} on"
+             f" {recorded_on(result)} ({result['device']}; largest deviation"
+             f" {result['max_relative_error'] * 100:.1f} %):", "",
+             "| configuration | GiB per GPU | ≤ 40 GB | ≤ 80 GB |", "|---|---|---|---|"]
+    for r in result["prediction_8b"]:
+        if r["logprob_mode"] == "chunked" and r.get("checkpointing"):
+            lines.append(f"| {r['config']} | {r['total']:.1f} | {'yes' if r['fits_40GB'] else 'no'} | "
+                         f"{'yes' if r['fits_80GB'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(result: dict[str, Any]) -> str:
     """The Markdown tables of a recorded run (docs/peft.md's ``memory`` block)."""
     env = result["environment"]
-    lines = [f"Recorded {result['date']} on {env.get('processor') or env.get('machine', '?')} "
+    lines = [f"Recorded {result['date']} on {recorded_on(result)} "
              f"({result['device']}, torch {env.get('packages', {}).get('torch', '?')}), by `benchmarks/memory.py`: "
              f"NPO with a live reference, AdamW, batch {result['batch']} × {result['seq']} tokens, fp32."
              f"{reuse_note(result)}",
@@ -476,12 +500,15 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even when CUDA is available")
     parser.add_argument("--render", help="print (or with --page, write into the page) the tables of a recorded JSON")
     parser.add_argument("--page", help="the Markdown page whose `memory` generated block --render rewrites")
+    parser.add_argument("--summary", action="store_true",
+                        help="with --render: only the 8B predictions with checkpointing (README.md's block)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     if args.render:
-        text = render(json.loads(Path(args.render).read_text()))
+        recorded = json.loads(Path(args.render).read_text())
+        text = render_summary(recorded) if args.summary else render(recorded)
         if args.page:
             from lit_unlearn.results import replace_block
 

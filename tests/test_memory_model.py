@@ -126,3 +126,5 @@ def test_recorded_run_is_fitted_within_tolerance_and_docs_block_is_generated(mem
     page = (ROOT / "docs" / "peft.md").read_text()
     assert "<!-- BEGIN GENERATED: memory -->" in page
     assert results.replace_block(page, "memory", memory.render(recorded)) == page
+    readme = (ROOT / "README.md").read_text()
+    assert results.replace_block(readme, "memory", memory.render_summary(recorded)) == readme

@@ -202,6 +202,14 @@ def test_step_cost_table_is_the_recorded_output():
     assert results.replace_block(page, "step-cost-2", "```\n" + recorded + "```\n") == page
 
 
+@pytest.mark.parametrize("page", ["README.md", "docs/benchmarks.md"])
+def test_step_overhead_block_is_the_recorded_output(page):
+    """README.md and docs/benchmarks.md show benchmarks/step_overhead.py's recorded output verbatim."""
+    text = (ROOT / page).read_text()
+    recorded = (ROOT / "benchmarks" / "results" / "step_overhead.txt").read_text()
+    assert results.replace_block(text, "step-overhead", "```\n" + recorded + "```\n") == text
+
+
 def test_many_configurations_list_only_the_pairs_that_are_not_separated():
     """Above MAX_LISTED_CONFIGS configurations the text names the ties only; they are exactly the pairs whose
     min-max ranges overlap (checked pair by pair), and the count of separated pairs is the rest."""
