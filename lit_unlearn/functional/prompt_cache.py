@@ -26,18 +26,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from lit_unlearn.functional.generation import left_padded
 from lit_unlearn.functional.tokens import IGNORE_INDEX
-
-
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for b, prompt in enumerate(prompts):
-        if len(prompt):
-            ids[b, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
-            mask[b, width - len(prompt):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _cache_argument(model) -> str:
@@ -120,7 +110,7 @@ def shared_prompt_logits(model, prompts: Sequence[Sequence[int]], groups: Mappin
         gives the answer tokens' log-probabilities.
     """
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = _left_pad(prompts, pad_id, device)
+    prompt_ids, prompt_mask = (t.to(device) for t in left_padded(prompts, pad_id))
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp_min(0)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
     cache = _as_cache(_output_cache(out))
@@ -131,15 +121,16 @@ def shared_prompt_logits(model, prompts: Sequence[Sequence[int]], groups: Mappin
     for name, (batch, per_sample) in groups.items():
         ids, labels, valid = _answer_part({k: batch[k].cpu() for k in ("input_ids", "labels", "attention_mask")},
                                           prompt_lengths, per_sample, name, prompts)
-        rows = torch.arange(len(prompts)).repeat_interleave(per_sample)
+        rows = torch.arange(len(prompts)).repeat_interleave(per_sample)  # (R,): each row's prompt
+        answer_positions = prompt_lengths[rows][:, None] + torch.arange(ids.shape[1])[None, :]
+        rows = rows.to(device)
         rows_cache = copy.deepcopy(cache)
-        rows_cache.batch_select_indices(rows.to(device))
-        attention = torch.cat([prompt_mask[rows.to(device)], valid.long().to(device)], dim=1)
-        answer_positions = prompt_lengths.repeat_interleave(per_sample)[:, None] + torch.arange(ids.shape[1])[None, :]
+        rows_cache.batch_select_indices(rows)
+        attention = torch.cat([prompt_mask[rows], valid.long().to(device)], dim=1)
         logits = model(input_ids=ids.to(device), attention_mask=attention, position_ids=answer_positions.to(device),
                        use_cache=True, **{cache_argument: rows_cache}).logits
         del rows_cache
-        full_logits = torch.cat([last[rows.to(device)], logits], dim=1)  # (R, A+1, V)
+        full_logits = torch.cat([last[rows], logits], dim=1)  # (R, A+1, V)
         full_labels = torch.cat([torch.full((len(rows), 1), IGNORE_INDEX, dtype=torch.long), labels], dim=1)
         results[name] = (full_logits, full_labels.to(device))
     return results
