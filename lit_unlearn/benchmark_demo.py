@@ -36,7 +36,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -269,6 +269,35 @@ def _trainer(max_epochs: int, out: Path, progress: bool):
 # ----------------------------------------------------------------------------- MUSE
 
 
+def _unlearn(target: Path, data, objective: str, lr: float, kwargs: dict, epochs: int, out_dir: Path, seed: int,
+             progress: bool):
+    """One unlearning run of ``objective`` from ``target`` on ``data`` (built after the caller seeded
+    everything); returns the trained module."""
+    import lit_unlearn.objectives as objectives
+
+    module = getattr(objectives, objective)(model_name_or_path=str(target), tokenizer=str(target), lr=lr, seed=seed,
+                                            **kwargs)
+    _trainer(epochs, out_dir, progress).fit(module, datamodule=data)
+    return module
+
+
+def _seed_records(benchmark: str, objective: str, runs: Path, settings: BenchmarkDemoSettings, timer: StageTimer,
+                  unlearn: Callable[[int], Any], evaluate: Callable[[Any, Path], dict[str, Any]]) -> list[dict]:
+    """Per seed: ``unlearn(seed)``, then ``evaluate(model, report_dir)`` of the unlearned model; the records of
+    the summary (seed, steps, report summary and path)."""
+    records = []
+    for seed in settings.seeds:
+        with timer.stage(f"{benchmark}: unlearn {objective} [seed {seed}]"):
+            module = unlearn(seed)
+            steps = int(module.global_step)
+        with timer.stage(f"{benchmark}: evaluate {objective} [seed {seed}]"):
+            report = evaluate(module.model.eval(), runs / f"{objective}_seed{seed}")
+        records.append({"seed": seed, "steps": steps, "summary": report["summary"],
+                        "report": f"runs/{objective}_seed{seed}/report.json"})
+        del module
+    return records
+
+
 def muse_eval_config(settings: BenchmarkDemoSettings, retain_report: Path | None = None,
                      target_report: Path | None = None) -> dict[str, Any]:
     """The MUSE evaluation settings of the demo: MUSE's defaults, privleak texts cut to the model's context."""
@@ -290,16 +319,13 @@ def unlearn_muse(target: Path, out_dir: Path, settings: BenchmarkDemoSettings, s
     """Unlearn ``raw/forget`` from ``target`` (retain term on ``raw/retain1``); returns the trained module."""
     import lightning as L
 
-    import lit_unlearn.objectives as objectives
     from lit_unlearn.evaluation.benchmarks.muse import MUSEDataModule
 
     L.seed_everything(seed, verbose=False)
     data = MUSEDataModule(muse_source=MUSE_SOURCE, tokenizer=str(target), max_length=settings.max_length,
                           batch_size=settings.muse_batch_size, seed=seed)
-    module = getattr(objectives, settings.muse_objective)(model_name_or_path=str(target), tokenizer=str(target),
-                                                          lr=settings.muse_lr, seed=seed, **settings.muse_kwargs)
-    _trainer(settings.muse_unlearn_epochs, out_dir, progress).fit(module, datamodule=data)
-    return module
+    return _unlearn(target, data, settings.muse_objective, settings.muse_lr, settings.muse_kwargs,
+                    settings.muse_unlearn_epochs, out_dir, seed, progress)
 
 
 def run_muse_demo(out_dir: str | Path = "outputs/demo", settings: BenchmarkDemoSettings = BenchmarkDemoSettings(),
@@ -339,17 +365,11 @@ def run_muse_demo(out_dir: str | Path = "outputs/demo", settings: BenchmarkDemoS
         reports["target"] = evaluate_muse(target, str(target), runs / "target", settings, retain_report, None,
                                           progress)
         target_report = runs / "target" / "report.json"
-    records = []
-    for seed in settings.seeds:
-        with timer.stage(f"muse: unlearn {settings.muse_objective} [seed {seed}]"):
-            module = unlearn_muse(target, runs / f"seed{seed}", settings, seed, progress)
-            steps = int(module.global_step)
-        with timer.stage(f"muse: evaluate {settings.muse_objective} [seed {seed}]"):
-            report = evaluate_muse(module.model.eval(), str(target), runs / f"{settings.muse_objective}_seed{seed}",
-                                   settings, retain_report, target_report, progress)
-        records.append({"seed": seed, "steps": steps, "summary": report["summary"],
-                        "report": f"runs/{settings.muse_objective}_seed{seed}/report.json"})
-        del module
+    records = _seed_records(
+        "muse", settings.muse_objective, runs, settings, timer,
+        lambda seed: unlearn_muse(target, runs / f"seed{seed}", settings, seed, progress),
+        lambda model, report_dir: evaluate_muse(model, str(target), report_dir, settings, retain_report,
+                                                target_report, progress))
     summary = {
         "format": "lit_unlearn.benchmark_demo_summary/1", "benchmark": "muse", "source": MUSE_SOURCE,
         "environment": _environment(), "settings": asdict(settings), "objective": settings.muse_objective,
@@ -400,17 +420,14 @@ def unlearn_wmdp(target: Path, out_dir: Path, settings: BenchmarkDemoSettings, s
     """Unlearn the bio + cyber forget corpora from ``target`` (retain corpus as retain set)."""
     import lightning as L
 
-    import lit_unlearn.objectives as objectives
     from lit_unlearn.data.text import TextDataModule
 
     L.seed_everything(seed, verbose=False)
     data = TextDataModule(forget_files=f"{WMDP_SOURCE}/forget-corpus", retain_files=f"{WMDP_SOURCE}/retain-corpus",
                           tokenizer=str(target), max_length=settings.max_length, batch_size=settings.wmdp_batch_size,
                           seed=seed)
-    module = getattr(objectives, settings.wmdp_objective)(model_name_or_path=str(target), tokenizer=str(target),
-                                                          lr=settings.wmdp_lr, seed=seed, **settings.wmdp_kwargs)
-    _trainer(settings.wmdp_unlearn_epochs, out_dir, progress).fit(module, datamodule=data)
-    return module
+    return _unlearn(target, data, settings.wmdp_objective, settings.wmdp_lr, settings.wmdp_kwargs,
+                    settings.wmdp_unlearn_epochs, out_dir, seed, progress)
 
 
 def run_wmdp_demo(out_dir: str | Path = "outputs/demo", settings: BenchmarkDemoSettings = BenchmarkDemoSettings(),
@@ -439,17 +456,10 @@ def run_wmdp_demo(out_dir: str | Path = "outputs/demo", settings: BenchmarkDemoS
     runs = out / "runs"
     with timer.stage("wmdp: evaluate target"):
         reports = {"target": evaluate_wmdp(target, str(target), runs / "target", settings)}
-    records = []
-    for seed in settings.seeds:
-        with timer.stage(f"wmdp: unlearn {settings.wmdp_objective} [seed {seed}]"):
-            module = unlearn_wmdp(target, runs / f"seed{seed}", settings, seed, progress)
-            steps = int(module.global_step)
-        with timer.stage(f"wmdp: evaluate {settings.wmdp_objective} [seed {seed}]"):
-            report = evaluate_wmdp(module.model.eval(), str(target), runs / f"{settings.wmdp_objective}_seed{seed}",
-                                   settings)
-        records.append({"seed": seed, "steps": steps, "summary": report["summary"],
-                        "report": f"runs/{settings.wmdp_objective}_seed{seed}/report.json"})
-        del module
+    records = _seed_records(
+        "wmdp", settings.wmdp_objective, runs, settings, timer,
+        lambda seed: unlearn_wmdp(target, runs / f"seed{seed}", settings, seed, progress),
+        lambda model, report_dir: evaluate_wmdp(model, str(target), report_dir, settings))
     summary = {
         "format": "lit_unlearn.benchmark_demo_summary/1", "benchmark": "wmdp", "source": WMDP_SOURCE,
         "environment": _environment(), "settings": asdict(settings), "objective": settings.wmdp_objective,
