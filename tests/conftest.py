@@ -81,3 +81,14 @@ def spawn_and_wait(fn: Callable, args: tuple, nprocs: int, timeout: float, what:
             for process in context.processes:
                 process.kill()
             pytest.fail(f"{what} did not finish in {timeout:g} s")
+
+
+@pytest.fixture
+def one_thread():
+    """torch at one intra-op thread for the test, restored after: tiny models are faster single-threaded and a
+    shared 2-core box is not oversubscribed (the 2-process runs use one thread per worker). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

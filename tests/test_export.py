@@ -13,12 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_distributed import tiny_model_dir  # noqa: E402,F401
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at 1 thread per test
 
 
 def _train(model: str, tokenizer: str, out: Path, **module_kw) -> tuple[Path, Path]:

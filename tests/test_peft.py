@@ -31,12 +31,7 @@ OBJECTIVES = sorted((getattr(objectives, name) for name in objectives.__all__
                      and getattr(objectives, name) is not UnlearningModule), key=lambda c: c.__name__)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at 1 thread per test
 
 
 def make_data(tokenizer: str, batch_size: int = 4):

@@ -27,12 +27,7 @@ LORA = {"r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "target_modules": ["q_proj
         "init_lora_weights": False}  # B ≠ 0: the adapter model differs from its base
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at 1 thread per test
 
 
 def small_llama(dtype: torch.dtype = torch.float64) -> LlamaForCausalLM:

@@ -97,12 +97,7 @@ WORKERS = {"lora": worker_lora}
 # ------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at 1 thread per test
 
 
 @pytest.fixture(scope="module")

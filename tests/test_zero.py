@@ -28,14 +28,7 @@ from test_distributed import all_gather_object, launch, make_strategy, recorder,
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The in-process reference runs are tiny: one intra-op thread avoids oversubscribing a shared 2-core box
-    (the 2-process workers run with one thread each)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at 1 thread per test
 
 
 MRD_SETTINGS = {
