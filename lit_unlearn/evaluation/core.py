@@ -161,6 +161,13 @@ class Evaluator(Protocol):
     def compute(self) -> dict[str, Any]: ...
 
 
+def format_cell(value: Any) -> str:
+    """A report table cell: ``–`` for a missing value, floats with 4 decimals, anything else as ``str``."""
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def harmonic_mean(values: Sequence[float]) -> float:
     """n / Σ 1/v_i for values >= 0 (0 when any value is 0), as ``scipy.stats.hmean``."""
     if not values:

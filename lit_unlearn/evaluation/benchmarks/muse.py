@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_unlearn.data.text import TextDataModule
-from lit_unlearn.evaluation.core import Benchmark, BenchmarkEvaluation, gather_objects, harmonic_mean
+from lit_unlearn.evaluation.core import Benchmark, BenchmarkEvaluation, format_cell, gather_objects, harmonic_mean
 from lit_unlearn.functional import muse as M
 from lit_unlearn.utils.hparams import coerce_settings
 
@@ -396,12 +396,6 @@ def finalize_muse_report(results: Mapping[str, Any], metadata: Mapping[str, Any]
     return report
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def render_muse_markdown(report: Mapping[str, Any]) -> str:
     meta = report.get("metadata", {})
     lines = [f"# MUSE evaluation report: `{meta.get('model', '?')}`", "",
@@ -411,13 +405,13 @@ def render_muse_markdown(report: Mapping[str, Any]) -> str:
                         ("knowmem_retain", "KnowMem (retain)"), ("privleak", "PrivLeak %"),
                         ("utility_preservation", "Utility preservation %")):
         entry = report.get(name, {})
-        lines.append(f"| {label} | {_fmt(entry.get('value'))} | {entry.get('reason') or ''} |")
-    lines.append(f"| selection score | {_fmt(report.get('selection', {}).get('value'))} |"
+        lines.append(f"| {label} | {format_cell(entry.get('value'))} | {entry.get('reason') or ''} |")
+    lines.append(f"| selection score | {format_cell(report.get('selection', {}).get('value'))} |"
                  f" {report.get('selection', {}).get('formula', '')} |")
     if report.get("mia"):
         lines += ["", "| attack | AUC (forget=0, holdout=1) | retain AUC | privleak % |", "|---|---:|---:|---:|"]
         for s, e in report["mia"].items():
-            lines.append(f"| {s} | {_fmt(e['auc'])} | {_fmt(e.get('retain_auc'))} | {_fmt(e.get('privleak'))} |")
+            lines.append(f"| {s} | {format_cell(e['auc'])} | {format_cell(e.get('retain_auc'))} | {format_cell(e.get('privleak'))} |")
     lines += ["", "| split | source split | n |", "|---|---|---:|"]
     for key, split in report["splits"].items():
         lines.append(f"| {key} | `{meta.get('splits', {}).get(key, '')}` | {split['num_samples']} |")

@@ -44,6 +44,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_unlearn.evaluation.core import format_cell
+
 __all__ = ["MODES", "run_scalability", "run_sequence", "run_sustainability", "sequence_splits"]
 
 #: protocol name -> (MUSE configuration, what a request starts from)
@@ -222,12 +224,6 @@ def run_sequence(mode: str, model, objective: str | type = "GA", *, out_dir: str
     return result
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def render_markdown(result: Mapping[str, Any]) -> str:
     """The rows of :func:`run_sequence` as a Markdown table."""
     lines = [f"# MUSE {'scalability' if result['mode'] == 'scal' else 'sustainability'}: {result['objective']}"
@@ -236,8 +232,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
              " KnowMem forget | VerbMem | Min-K% AUC |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['k']} | {r['split'] or 'target'} | {r['num_documents']} | {r['num_tokens']} |"
-                     f" {r['steps']} | {_fmt(r['utility'])} | {_fmt(r['utility_preservation'])} |"
-                     f" {_fmt(r['knowmem_forget'])} | {_fmt(r['verbmem'])} | {_fmt(r['mia_auc'])} |")
+                     f" {r['steps']} | {format_cell(r['utility'])} | {format_cell(r['utility_preservation'])} |"
+                     f" {format_cell(r['knowmem_forget'])} | {format_cell(r['verbmem'])} | {format_cell(r['mia_auc'])} |")
     return "\n".join(lines) + "\n"
 
 

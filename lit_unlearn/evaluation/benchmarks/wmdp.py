@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lit_unlearn.data.text import TextDataModule
-from lit_unlearn.evaluation.core import Benchmark, BenchmarkEvaluation, harmonic_mean
+from lit_unlearn.evaluation.core import Benchmark, BenchmarkEvaluation, format_cell, harmonic_mean
 from lit_unlearn.utils.hparams import coerce_settings
 
 __all__ = ["WMDPBenchmark", "WMDPConfig", "WMDPEvaluation", "finalize_wmdp_report"]
@@ -158,19 +158,16 @@ def finalize_wmdp_report(results: Mapping[str, Any], metadata: Mapping[str, Any]
 
 
 def render_wmdp_markdown(report: Mapping[str, Any]) -> str:
-    def fmt(v):
-        return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
     meta = report.get("metadata", {})
     lines = [f"# WMDP / lm-eval report: `{meta.get('model', '?')}`", "",
-             f"- **Forget accuracy** (mean over {', '.join(report['forget_tasks']) or 'none'}): {fmt(report['forget_acc'])}",
-             f"- **Utility accuracy** (mean over {', '.join(report['utility_tasks']) or 'none'}): {fmt(report['utility_acc'])}",
-             f"- **Selection score** ({report['selection']['formula']}): {fmt(report['selection']['value'])}", "",
+             f"- **Forget accuracy** (mean over {', '.join(report['forget_tasks']) or 'none'}): {format_cell(report['forget_acc'])}",
+             f"- **Utility accuracy** (mean over {', '.join(report['utility_tasks']) or 'none'}): {format_cell(report['utility_acc'])}",
+             f"- **Selection score** ({report['selection']['formula']}): {format_cell(report['selection']['value'])}", "",
              "| task | role | acc | acc_norm | n |", "|---|---|---:|---:|---:|"]
     for task, values in report["lm_eval"].items():
         role = "forget" if task in report["forget_tasks"] else "utility" if task in report["utility_tasks"] else "subtask"
-        lines.append(f"| {task} | {role} | {fmt(values.get('acc'))} | {fmt(values.get('acc_norm'))} |"
-                     f" {fmt(values.get('n'))} |")
+        lines.append(f"| {task} | {role} | {format_cell(values.get('acc'))} | {format_cell(values.get('acc_norm'))} |"
+                     f" {format_cell(values.get('n'))} |")
     lines += ["", "## Metadata", ""]
     for key in ("source", "model", "ckpt_path", "global_step", "world_size", "strategy", "lit_unlearn_version",
                 "timestamp"):
