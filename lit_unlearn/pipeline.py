@@ -508,6 +508,16 @@ def evaluate(model, tokenizer, source: str, forget_split: str, out: Path, settin
     return report
 
 
+@functools.lru_cache(maxsize=4)
+def _report_rows_are_probe_rows(source: str, forget_split: str) -> bool:
+    """Whether the report's forget split (``<forget_split>_perturbed``) holds the probe's rows (``forget_split``)
+    in the same order, so its per-sample values can stand in for a probe (checked once per process)."""
+    from lit_unlearn.data.sources import load_rows
+
+    probed, reported = load_rows(source, forget_split), load_rows(source, f"{forget_split}_perturbed")
+    return [(r["question"], r["answer"]) for r in probed] == [(r["question"], r["answer"]) for r in reported]
+
+
 def demo_robustness(model, tokenizer, source: str, forget_split: str, settings: DemoSettings, seed: int,
                     report: dict | None = None) -> dict:
     """The demo's robustness columns of one model (:func:`lit_unlearn.attacks.robustness_summary`): forget MA
@@ -519,12 +529,8 @@ def demo_robustness(model, tokenizer, source: str, forget_split: str, settings: 
     from lit_unlearn.attacks import robustness_summary
 
     per_sample = None
-    if report is not None:
-        from lit_unlearn.data.sources import load_rows
-
-        probed, reported = load_rows(source, forget_split), load_rows(source, f"{forget_split}_perturbed")
-        if [(r["question"], r["answer"]) for r in probed] == [(r["question"], r["answer"]) for r in reported]:
-            per_sample = report["splits"]["forget"]["per_sample"]  # the same rows in the same order
+    if report is not None and _report_rows_are_probe_rows(source, forget_split):
+        per_sample = report["splits"]["forget"]["per_sample"]
     return robustness_summary(model, tokenizer, source=source, forget_split=forget_split,
                               relearn_steps=settings.robustness_relearn_steps, lr=settings.robustness_lr,
                               batch_size=settings.robustness_batch_size, max_new_tokens=settings.max_new_tokens,
