@@ -163,13 +163,22 @@ def main(argv: list[str] | None = None) -> None:
     make_cwd_importable()
     if command is not None and command.target is not None:
         _call(command.target, argv[1:])
-        return
-    from lit_unlearn.registry import load_objective_plugins
+    else:
+        from lit_unlearn.registry import load_objective_plugins
 
-    load_objective_plugins()
-    from lit_unlearn.lightning_cli import lightning_cli
+        load_objective_plugins()
+        from lit_unlearn.lightning_cli import lightning_cli
 
-    lightning_cli(objective_help_argv(argv) or argv)
+        lightning_cli(objective_help_argv(argv) or argv)
+    _release_process_groups()
+
+
+def _release_process_groups() -> None:
+    """Under torchrun: destroy the process groups before exit (see strategies.release_process_groups)."""
+    if "torch.distributed" in sys.modules:  # nothing to do (and no torch import) for single-process commands
+        from lit_unlearn.strategies import release_process_groups
+
+        release_process_groups()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
   use the plain ``DeepSpeedStrategy`` (``configs/trainer/deepspeed_zero*.yaml``).
 * :func:`zero_stage` / :func:`is_zero3` — which ZeRO stage a trainer (or strategy) runs.
 * :func:`run_metadata` — world size, strategy, precision, effective batch size of a run (saved with models).
+* :func:`release_process_groups` — destroy the process groups at the end of a multi-process script.
 * :func:`check_zero3_support` — clear setup-time errors for objectives/callbacks that cannot run on
   partitioned parameters.
 
@@ -76,6 +77,35 @@ def zero_stage(obj: Any) -> int | None:
         return None
     config = strategy.config or {}
     return int((config.get("zero_optimization") or {}).get("stage", 0))
+
+
+def release_process_groups() -> bool:
+    """Destroy every ``torch.distributed`` process group this process holds; ``True`` if there was one.
+
+    Call it at the end of a multi-process script (``lit-unlearn`` does after every command). Lightning
+    destroys its process group at exit only for NCCL; gloo groups (CPU DDP, ``CPUDeepSpeedStrategy``) and the
+    groups DeepSpeed creates stay alive until interpreter shutdown with their communication threads running,
+    and a process can then, rarely, die with ``terminate called without an active exception`` (SIGABRT) after
+    its work is done. When DeepSpeed set up the communication, its ``deepspeed.comm.destroy_process_group``
+    is used, which also drops DeepSpeed's own references to its groups. Naive equivalent:
+    ``if dist.is_initialized(): dist.destroy_process_group()``.
+
+    Call it on the success path only: after an exception another rank may still wait in a collective. A group
+    that live objects still reference (a DDP reducer, a DeepSpeed engine's parameters) keeps its threads until
+    those objects go.
+    """
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    deepspeed_comm = sys.modules.get("deepspeed.comm")
+    if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+        deepspeed_comm.destroy_process_group()
+    else:
+        dist.destroy_process_group()
+    return True
 
 
 def is_zero3(obj: Any) -> bool:

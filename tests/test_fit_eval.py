@@ -95,3 +95,30 @@ def test_in_fit_evaluation_two_processes_equals_one_process(tiny_dir, tmp_path):
     want = TOFUEvaluation(str(tmp_path / "model"), splits=SPLITS, max_samples=2, batch_size=2, max_length=MAX_LENGTH,
                           progress=False, **EVAL).run()
     assert_same_values(got, want)
+
+
+def test_every_rank_takes_rank_zeros_report_folder(tmp_path):
+    """The report folder's free name is chosen on rank 0 and broadcast: a rank that looks after rank 0 has
+    written ``epoch000-step000003`` must not pick ``epoch000-step000003-1`` for itself."""
+    from types import SimpleNamespace
+
+    from lit_unlearn.evaluation.lightning import LightningEvalRunner
+
+    runner = LightningEvalRunner({"report_dir": str(tmp_path / "report"), "plots": False})
+    sent = {}
+
+    def trainer(rank: int):
+        def broadcast(obj, src=0):
+            if rank == src:
+                sent["value"] = obj
+            return sent["value"]
+
+        return SimpleNamespace(is_global_zero=rank == 0, default_root_dir=str(tmp_path), current_epoch=0,
+                               global_step=3, state=SimpleNamespace(fn="fit"), strategy=SimpleNamespace(broadcast=broadcast))
+
+    chosen = runner._shared_report_dir(trainer(0))
+    assert Path(chosen).name == "epoch000-step000003"
+    Path(chosen).mkdir(parents=True)  # rank 0 wrote its report before rank 1 got here
+    assert Path(runner.report_dir(trainer(1))).name == "epoch000-step000003-1"  # what rank 1 would pick alone
+    assert runner._shared_report_dir(trainer(1)) == chosen
+    assert LightningEvalRunner({"write_report": False})._shared_report_dir(trainer(1)) is None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distributed import launch, tiny_model_dir  # noqa: E402,F401
+from test_distributed import finish_worker, launch, tiny_model_dir  # noqa: E402,F401
 
 HERE = Path(__file__).resolve()
 #: the TOFU suite on 4 forget rows (probability and truth ratio move continuously with the weights)
@@ -55,3 +55,4 @@ def test_relearning_under_ddp_gives_the_one_process_curve(tiny_model_dir, tmp_pa
 
 if __name__ == "__main__":
     worker(json.loads(sys.argv[1]))
+    finish_worker()

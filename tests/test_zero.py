@@ -435,3 +435,68 @@ def test_mrd_bf16_partitioned_model_explains_precision():
         with pytest.raises(ValueError, match="ZeRO-3 partitioned model holds.*bfloat16.*32-true"):
             _check_precision(model, allow_low_precision=False, upcast=upcast)
     assert _check_precision(model, allow_low_precision=True, upcast=False) is model
+
+
+def _gloo_threads() -> int:
+    """How many of this process's threads are gloo's TCP event loops (Linux ``/proc``)."""
+    import os
+
+    tasks = Path("/proc/self/task")
+    return sum((tasks / t / "comm").read_text().strip() == "gloo_tcp_loop" for t in os.listdir(tasks))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux /proc")
+def test_release_process_groups_stops_the_gloo_threads(tmp_path):
+    """A 1-process gloo group: destroyed, its event-loop thread gone, and a second call finds nothing."""
+    import torch.distributed as dist
+
+    from lit_unlearn.strategies import release_process_groups
+
+    before = _gloo_threads()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert _gloo_threads() > before
+    finally:
+        assert release_process_groups() is True
+    assert not dist.is_initialized() and _gloo_threads() == before
+    assert release_process_groups() is False
+
+
+def test_release_process_groups_drops_deepspeeds_references(tmp_path):
+    """When DeepSpeed set up the communication, its own teardown runs: no DeepSpeed module keeps a group."""
+    import subprocess
+
+    script = f"""
+import torch.distributed as dist
+import deepspeed.comm as dscomm
+from deepspeed.utils import groups
+from lit_unlearn.strategies import release_process_groups
+dscomm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, init_method="file://{tmp_path / 'store'}",
+                        rank=0, world_size=1, verbose=False)
+assert groups._get_data_parallel_group() is not None and dscomm.is_initialized()
+assert release_process_groups() is True
+assert not dist.is_initialized() and not dscomm.is_initialized()
+assert groups._WORLD_GROUP is None and groups._DATA_PARALLEL_GROUP is None
+print("released")
+"""
+    env = {**__import__("os").environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "released" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_cli_releases_the_process_groups_after_a_command(tmp_path, monkeypatch):
+    """``lit-unlearn COMMAND`` destroys the process groups the command left (as under torchrun)."""
+    import torch.distributed as dist
+
+    from lit_unlearn import cli
+
+    def command_that_initializes(target, argv):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    monkeypatch.setattr(cli, "_call", command_that_initializes)
+    try:
+        cli.main(["demo"])
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -184,7 +184,7 @@ class LightningEvalRunner:
         if score is not None:
             logs["eval/selection_score"] = float(score)
         pl_module.log_dict(logs, sync_dist=False, rank_zero_only=False)
-        out_dir = self.report_dir(trainer) if self.config.write_report else None
+        out_dir = self._shared_report_dir(trainer)
         if out_dir is not None and trainer.is_global_zero:
             write_report(report, out_dir, plots=self.config.plots)
         trainer.strategy.barrier("tofu_report")
@@ -198,7 +198,7 @@ class LightningEvalRunner:
             results = bench.evaluate_model(pl_module.model, self._tokenizer(trainer, pl_module))
         report = bench.finalize(results, self.metadata(trainer, pl_module, stage), strict=self._strict(pl_module))
         pl_module.log_dict(bench.scalar_logs(report), sync_dist=False, rank_zero_only=False)
-        out_dir = self.report_dir(trainer) if self.config.write_report else None
+        out_dir = self._shared_report_dir(trainer)
         if out_dir is not None and trainer.is_global_zero:
             bench.write(report, out_dir, plots=self.config.plots)
         trainer.strategy.barrier(f"{bench.name}_report")
@@ -234,6 +234,16 @@ class LightningEvalRunner:
         except Exception:  # a hub source offline: only the name is compared
             version = None
         return {"source": source, "data_version": version}
+
+    def _shared_report_dir(self, trainer) -> str | None:
+        """The report folder, chosen on rank 0 and broadcast, or ``None`` when reports are not written.
+
+        :meth:`report_dir` looks at the file system for a free name; on several processes a rank that looked
+        after rank 0 had written its folder would pick the next suffix, so every rank takes rank 0's choice.
+        (Collective: every rank calls it.)"""
+        if not self.config.write_report:
+            return None
+        return trainer.strategy.broadcast(self.report_dir(trainer) if trainer.is_global_zero else None, src=0)
 
     def report_dir(self, trainer) -> str:
         """``eval_config.report_dir`` (default ``default_root_dir/report``); during ``fit`` a new sub-folder
