@@ -295,3 +295,37 @@ def test_wmdp_mini_through_lm_eval_plain_and_lightning(tiny_dir, tmp_path):
     for task, values in plain["lm_eval"].items():
         assert got["lm_eval"][task] == pytest.approx(values), task
     assert metrics["eval/lm_eval/wmdp_mini_bio/acc"] == pytest.approx(plain["lm_eval"]["wmdp_mini_bio"]["acc"])
+
+
+def test_lower_layers_never_import_objectives_callbacks_or_drivers():
+    """functional, metrics, analysis, data, models, utils and evaluation import nothing from the layers above
+    them: no ``import``/``from`` and no ``importlib.import_module("...")`` of objectives, callbacks, attacks,
+    the CLI or the drivers (pipeline, benchmark_demo, muse_sequences, results)."""
+    import ast
+    from pathlib import Path
+
+    import lit_unlearn
+
+    root = Path(lit_unlearn.__file__).parent
+    above = ("objectives", "callbacks", "attacks", "cli", "cli_support", "lightning_cli", "registry", "pipeline",
+             "benchmark_demo", "muse_sequences", "results", "export")
+    forbidden = tuple(f"lit_unlearn.{name}" for name in above)
+
+    def imported(tree: ast.AST):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                yield node.module
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+                  in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
+                yield str(node.args[0].value)
+
+    bad = []
+    for layer in ("functional", "metrics", "analysis", "data", "models", "utils", "evaluation"):
+        for path in sorted((root / layer).rglob("*.py")):
+            for name in imported(ast.parse(path.read_text(), str(path))):
+                if name in forbidden or name.startswith(tuple(f"{f}." for f in forbidden)):
+                    bad.append(f"{path.relative_to(root)} imports {name}")
+    assert not bad, "\n".join(bad)

@@ -1,4 +1,4 @@
-"""MUSE scalability / sustainability driver (``lit_unlearn.evaluation.benchmarks.muse_sequences``) on
+"""MUSE scalability / sustainability driver (``lit_unlearn.muse_sequences``) on
 builtin:muse-mini with a tiny random Llama and 2 GA steps per request: one row per request with the sizes
 of the data, scal requests all start from the target, sust request k starts from request k − 1's saved
 weights (checked on the weights the objective holds when ``fit`` starts), the caller's model (folder or
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_unlearn.data.muse import muse_texts
-from lit_unlearn.evaluation.benchmarks.muse_sequences import main, run_scalability, run_sustainability
+from lit_unlearn.muse_sequences import main, run_scalability, run_sustainability
 from lit_unlearn.models.loading import load_causal_lm, load_tokenizer
 
 torch.set_num_threads(1)

@@ -536,7 +536,7 @@ class MUSEDataModule(TextDataModule):
     (MUSE's baselines regularise on retain1; retain2 stays for evaluation), chunked to ``max_length`` with
     every token labelled, as ``TextDataModule``; ``forget_split`` picks another forget corpus of the source
     (``scal/forget_k``, ``sust/forget_k``: the scalability/sustainability requests, see
-    :mod:`lit_unlearn.evaluation.benchmarks.muse_sequences`); ``forget_files``/``retain_files`` override them.
+    :mod:`lit_unlearn.muse_sequences`); ``forget_files``/``retain_files`` override them.
 
     Args:
         muse_source: ``builtin:muse-mini``, a folder in MUSE's layout or a hub name (``muse-bench/MUSE-News``).

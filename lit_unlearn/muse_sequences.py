@@ -29,10 +29,9 @@ Naive equivalent (``run_sustainability``)::
 
 (``run_scalability``: ``model = unlearn(target, forget=texts("scal", f"forget_{k}"), ...)`` instead.)
 
-This module orchestrates training (it builds an objective and a ``Trainer`` per request, importing
-``lit_unlearn.objectives`` when called, like ``lit_unlearn.pipeline``); nothing in the evaluation layer
-imports it. Requests run in this process, one after the other (``devices=1`` by default).
-Command line: ``python -m lit_unlearn.evaluation.benchmarks.muse_sequences {scal,sust} --model PATH ...``.
+This module is a driver, beside ``lit_unlearn.pipeline``: it builds an objective and a ``Trainer`` per
+request on top of the data, objectives and evaluation layers, and none of them imports it. Requests run in this process, one after the other (``devices=1`` by default).
+Command line: ``python -m lit_unlearn.muse_sequences {scal,sust} --model PATH ...``.
 """
 from __future__ import annotations
 
@@ -248,8 +247,8 @@ def run_sustainability(model, objective: str | type = "GA", **kwargs) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``python -m lit_unlearn.evaluation.benchmarks.muse_sequences {scal,sust} --model PATH --out DIR ...``"""
-    parser = argparse.ArgumentParser(prog="python -m lit_unlearn.evaluation.benchmarks.muse_sequences",
+    """``python -m lit_unlearn.muse_sequences {scal,sust} --model PATH --out DIR ...``"""
+    parser = argparse.ArgumentParser(prog="python -m lit_unlearn.muse_sequences",
                                      description="MUSE scalability (scal) / sustainability (sust) protocol.")
     parser.add_argument("mode", choices=sorted(MODES))
     parser.add_argument("--model", required=True, help="target model folder or hub name")
