@@ -30,7 +30,8 @@ Naive equivalent (``run_sustainability``)::
 (``run_scalability``: ``model = unlearn(target, forget=texts("scal", f"forget_{k}"), ...)`` instead.)
 
 This module is a driver, beside ``lit_unlearn.pipeline``: it builds an objective and a ``Trainer`` per
-request on top of the data, objectives and evaluation layers, and none of them imports it. Requests run in this process, one after the other (``devices=1`` by default).
+request on top of the data, objectives and evaluation layers, and none of them imports it. Requests run in
+this process, one after the other (``devices=1`` by default).
 Command line: ``python -m lit_unlearn.muse_sequences {scal,sust} --model PATH ...``.
 """
 from __future__ import annotations
@@ -232,7 +233,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['k']} | {r['split'] or 'target'} | {r['num_documents']} | {r['num_tokens']} |"
                      f" {r['steps']} | {format_cell(r['utility'])} | {format_cell(r['utility_preservation'])} |"
-                     f" {format_cell(r['knowmem_forget'])} | {format_cell(r['verbmem'])} | {format_cell(r['mia_auc'])} |")
+                     f" {format_cell(r['knowmem_forget'])} | {format_cell(r['verbmem'])} |"
+                     f" {format_cell(r['mia_auc'])} |")
     return "\n".join(lines) + "\n"
 
 

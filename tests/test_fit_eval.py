@@ -114,7 +114,8 @@ def test_every_rank_takes_rank_zeros_report_folder(tmp_path):
             return sent["value"]
 
         return SimpleNamespace(is_global_zero=rank == 0, default_root_dir=str(tmp_path), current_epoch=0,
-                               global_step=3, state=SimpleNamespace(fn="fit"), strategy=SimpleNamespace(broadcast=broadcast))
+                               global_step=3, state=SimpleNamespace(fn="fit"),
+                               strategy=SimpleNamespace(broadcast=broadcast))
 
     chosen = runner._shared_report_dir(trainer(0))
     assert Path(chosen).name == "epoch000-step000003"

@@ -439,10 +439,7 @@ def test_mrd_bf16_partitioned_model_explains_precision():
 
 def _gloo_threads() -> int:
     """How many of this process's threads are gloo's TCP event loops (Linux ``/proc``)."""
-    import os
-
-    tasks = Path("/proc/self/task")
-    return sum((tasks / t / "comm").read_text().strip() == "gloo_tcp_loop" for t in os.listdir(tasks))
+    return sum((task / "comm").read_text().strip() == "gloo_tcp_loop" for task in Path("/proc/self/task").iterdir())
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux /proc")
@@ -464,6 +461,7 @@ def test_release_process_groups_stops_the_gloo_threads(tmp_path):
 
 def test_release_process_groups_drops_deepspeeds_references(tmp_path):
     """When DeepSpeed set up the communication, its own teardown runs: no DeepSpeed module keeps a group."""
+    import os
     import subprocess
 
     script = f"""
@@ -479,7 +477,7 @@ assert not dist.is_initialized() and not dscomm.is_initialized()
 assert groups._WORLD_GROUP is None and groups._DATA_PARALLEL_GROUP is None
 print("released")
 """
-    env = {**__import__("os").environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "released" in proc.stdout, proc.stderr[-3000:]
 

@@ -411,7 +411,8 @@ def render_muse_markdown(report: Mapping[str, Any]) -> str:
     if report.get("mia"):
         lines += ["", "| attack | AUC (forget=0, holdout=1) | retain AUC | privleak % |", "|---|---:|---:|---:|"]
         for s, e in report["mia"].items():
-            lines.append(f"| {s} | {format_cell(e['auc'])} | {format_cell(e.get('retain_auc'))} | {format_cell(e.get('privleak'))} |")
+            cells = (format_cell(e["auc"]), format_cell(e.get("retain_auc")), format_cell(e.get("privleak")))
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", "| split | source split | n |", "|---|---|---:|"]
     for key, split in report["splits"].items():
         lines.append(f"| {key} | `{meta.get('splits', {}).get(key, '')}` | {split['num_samples']} |")

@@ -160,9 +160,12 @@ def finalize_wmdp_report(results: Mapping[str, Any], metadata: Mapping[str, Any]
 def render_wmdp_markdown(report: Mapping[str, Any]) -> str:
     meta = report.get("metadata", {})
     lines = [f"# WMDP / lm-eval report: `{meta.get('model', '?')}`", "",
-             f"- **Forget accuracy** (mean over {', '.join(report['forget_tasks']) or 'none'}): {format_cell(report['forget_acc'])}",
-             f"- **Utility accuracy** (mean over {', '.join(report['utility_tasks']) or 'none'}): {format_cell(report['utility_acc'])}",
-             f"- **Selection score** ({report['selection']['formula']}): {format_cell(report['selection']['value'])}", "",
+             f"- **Forget accuracy** (mean over {', '.join(report['forget_tasks']) or 'none'}):"
+             f" {format_cell(report['forget_acc'])}",
+             f"- **Utility accuracy** (mean over {', '.join(report['utility_tasks']) or 'none'}):"
+             f" {format_cell(report['utility_acc'])}",
+             f"- **Selection score** ({report['selection']['formula']}):"
+             f" {format_cell(report['selection']['value'])}", "",
              "| task | role | acc | acc_norm | n |", "|---|---|---:|---:|---:|"]
     for task, values in report["lm_eval"].items():
         role = "forget" if task in report["forget_tasks"] else "utility" if task in report["utility_tasks"] else "subtask"
